@@ -1,0 +1,167 @@
+//! The bounded ingest queue (`QUEUE_SIZE` events) and the `WORKER_POOL_SIZE` workers that drain it into
+//! the producer.
+//!
+//! A request's events travel as one job so that one worker sends them in order (per-key order within a
+//! request). Capacity is counted in events with a semaphore: a job holds its slots until its records are
+//! in librdkafka's hands.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinSet;
+
+use crate::kafka::delivery::{AckBatch, DeliveryTicket, Destination};
+use crate::kafka::{OutboundRecord, Publisher};
+use crate::telemetry::Metrics;
+
+/// The events of one request, on their way to the producer.
+pub struct Job {
+    records: Vec<OutboundRecord>,
+    acks: Option<Arc<AckBatch>>,
+    received_at: Instant,
+    _slots: OwnedSemaphorePermit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueError {
+    /// No room for the job now; retry after the given number of seconds.
+    Full { retry_after_secs: u64 },
+    /// More events than the whole queue can ever hold.
+    TooLarge { capacity: usize },
+    /// Shutting down: no new events.
+    Closed,
+}
+
+/// The sending side of the queue, shared by all handlers.
+#[derive(Clone)]
+pub struct IngestQueue {
+    tx: async_channel::Sender<Job>,
+    metrics: Metrics,
+    /// Events handed to the producer, for the drain-rate estimate behind `Retry-After`.
+    dequeued: Arc<AtomicU64>,
+    /// Recent drain rate in events/s (updated every second).
+    drain_rate: Arc<AtomicU64>,
+}
+
+impl IngestQueue {
+    /// Creates the queue (capacity from the metrics' queue gauge) and starts `workers` workers.
+    pub fn start(
+        workers: usize,
+        publisher: Arc<Publisher>,
+        metrics: Metrics,
+    ) -> (Self, JoinSet<()>) {
+        let (tx, rx) = async_channel::unbounded::<Job>();
+        let dequeued = Arc::new(AtomicU64::new(0));
+        let drain_rate = Arc::new(AtomicU64::new(0));
+        let mut set = JoinSet::new();
+        for _ in 0..workers {
+            let rx = rx.clone();
+            let publisher = publisher.clone();
+            let dequeued = dequeued.clone();
+            set.spawn(async move {
+                while let Ok(job) = rx.recv().await {
+                    let n = job.records.len() as u64;
+                    send_job(&publisher, job).await;
+                    dequeued.fetch_add(n, Ordering::Relaxed);
+                }
+            });
+        }
+        let queue = IngestQueue {
+            tx,
+            metrics,
+            dequeued,
+            drain_rate,
+        };
+        tokio::spawn(queue.clone().estimate_drain_rate());
+        (queue, set)
+    }
+
+    /// Queues the records of one request, or says why not. Never waits.
+    pub fn try_push(
+        &self,
+        records: Vec<OutboundRecord>,
+        acks: Option<Arc<AckBatch>>,
+        received_at: Instant,
+    ) -> Result<(), QueueError> {
+        if self.tx.is_closed() {
+            return Err(QueueError::Closed);
+        }
+        let gauge = self.metrics.queue();
+        let n = records.len();
+        if n > gauge.capacity {
+            return Err(QueueError::TooLarge {
+                capacity: gauge.capacity,
+            });
+        }
+        let slots = gauge
+            .slots
+            .clone()
+            .try_acquire_many_owned(n as u32)
+            .map_err(|_| QueueError::Full {
+                retry_after_secs: self.retry_after_secs(n),
+            })?;
+        self.tx
+            .try_send(Job {
+                records,
+                acks,
+                received_at,
+                _slots: slots,
+            })
+            .map_err(|_| QueueError::Closed)?;
+        self.metrics.accepted(n);
+        Ok(())
+    }
+
+    /// Seconds until the queue has likely drained enough for `n` more events, from the current depth and
+    /// drain rate; 1 s at least, 60 s at most.
+    pub fn retry_after_secs(&self, n: usize) -> u64 {
+        let depth = self.metrics.queue().depth() + n;
+        let rate = self.drain_rate.load(Ordering::Relaxed).max(1);
+        (depth as u64).div_ceil(rate).clamp(1, 60)
+    }
+
+    /// Stops taking jobs; queued jobs are still delivered by the workers, which then exit.
+    pub fn close(&self) {
+        self.tx.close();
+    }
+
+    async fn estimate_drain_rate(self) {
+        let mut last = self.dequeued.load(Ordering::Relaxed);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if self.tx.is_closed() && self.tx.is_empty() {
+                return;
+            }
+            let now = self.dequeued.load(Ordering::Relaxed);
+            let rate = now - last;
+            last = now;
+            // Smooth a little so one idle second does not send clients away for a minute.
+            let old = self.drain_rate.load(Ordering::Relaxed);
+            self.drain_rate
+                .store((old + 3 * rate) / 4, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn send_job(publisher: &Publisher, job: Job) {
+    let Job {
+        records,
+        acks,
+        received_at,
+        _slots,
+    } = job;
+    for (index, record) in records.into_iter().enumerate() {
+        let ticket = Box::new(DeliveryTicket {
+            id: record.id.clone(),
+            received_at,
+            attempt: 1,
+            destination: Destination::Primary,
+            ack: acks.as_ref().map(|a| (a.clone(), index)),
+        });
+        publisher.send(record, ticket).await;
+    }
+}

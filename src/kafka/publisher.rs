@@ -1,0 +1,340 @@
+//! The producer: hands records to librdkafka without blocking, turns delivery reports into metrics and
+//! ack outcomes, and re-sends or dead-letters what failed.
+//!
+//! Delivery reports arrive on librdkafka's polling thread through `DeliveryContext::delivery`. The
+//! success path does no allocation; a failure copies the record out of librdkafka and hands it to
+//! `run_failures`, which retries it with backoff or writes it to the dead-letter topic.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Statistics};
+use tokio::sync::mpsc;
+
+use super::client_config::{client_config, ClientRole};
+use super::delivery::{error_code, is_retriable, DeliveryOutcome, DeliveryTicket, Destination};
+use crate::config::KafkaSettings;
+use crate::telemetry::Metrics;
+
+/// A record whose delivery failed, copied out of librdkafka.
+#[derive(Debug)]
+pub struct FailedDelivery {
+    pub ticket: Box<DeliveryTicket>,
+    pub error: KafkaError,
+    pub topic: Arc<str>,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Option<OwnedHeaders>,
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Receives delivery reports on librdkafka's polling thread.
+pub struct DeliveryContext {
+    metrics: Metrics,
+    failures: mpsc::UnboundedSender<FailedDelivery>,
+    /// Set at the end of shutdown: failures are no longer retried, only counted.
+    abandoning: AtomicBool,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "event_ingestor::kafka", error = %error, reason, "kafka client error");
+    }
+
+    fn stats(&self, _statistics: Statistics) {}
+}
+
+impl DeliveryContext {
+    /// Routes a failure: a waiting caller is told at once (it may retry; a dead letter would duplicate);
+    /// anything else goes to `run_failures` for a retry or the dead-letter topic.
+    fn fail(&self, failure: FailedDelivery) {
+        if self.abandoning.load(Ordering::Acquire) {
+            if let Some((batch, index)) = &failure.ticket.ack {
+                batch.resolve(
+                    *index,
+                    DeliveryOutcome::Failed {
+                        code: error_code(&failure.error),
+                        message: "shutting down".into(),
+                    },
+                );
+            }
+            self.metrics.lost(1);
+            return;
+        }
+        if let Some((batch, index)) = &failure.ticket.ack {
+            self.metrics.failed_and_reported();
+            batch.resolve(
+                *index,
+                DeliveryOutcome::Failed {
+                    code: error_code(&failure.error),
+                    message: failure.error.to_string(),
+                },
+            );
+            return;
+        }
+        if let Err(mpsc::error::SendError(lost)) = self.failures.send(failure) {
+            // Only after shutdown has stopped the failure loop: say so and count it.
+            tracing::error!(id = %lost.ticket.id, error = %lost.error, "delivery failed after shutdown; event lost");
+            self.metrics.lost(1);
+        }
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<DeliveryTicket>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<DeliveryTicket>) {
+        match result {
+            Ok(msg) => match ticket.destination {
+                Destination::Primary => {
+                    self.metrics.published(ticket.received_at.elapsed());
+                    if let Some((batch, index)) = &ticket.ack {
+                        batch.resolve(
+                            *index,
+                            DeliveryOutcome::Delivered {
+                                partition: msg.partition(),
+                                offset: msg.offset(),
+                            },
+                        );
+                    }
+                }
+                Destination::DeadLetter => self.metrics.dead_lettered(),
+            },
+            Err((error, msg)) => self.fail(FailedDelivery {
+                ticket,
+                error: error.clone(),
+                topic: Arc::from(msg.topic()),
+                key: msg.key().map(<[u8]>::to_vec),
+                value: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+                headers: msg.headers().map(|h| h.detach()),
+                timestamp_ms: msg.timestamp().to_millis(),
+            }),
+        }
+    }
+}
+
+/// The producer and what it needs to retry and dead-letter.
+pub struct Publisher {
+    producer: ThreadedProducer<DeliveryContext>,
+    dlq_topic: Arc<str>,
+    max_retries: u32,
+    retry_backoff: Duration,
+    metrics: Metrics,
+}
+
+impl Publisher {
+    /// Creates the producer. The returned receiver must be driven by [`Publisher::run_failures`].
+    pub fn new(
+        settings: &KafkaSettings,
+        bootstrap: &str,
+        queue_size: usize,
+        metrics: Metrics,
+    ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<FailedDelivery>), KafkaError> {
+        let (failures, rx) = mpsc::unbounded_channel();
+        let context = DeliveryContext {
+            metrics: metrics.clone(),
+            failures,
+            abandoning: AtomicBool::new(false),
+        };
+        let producer: ThreadedProducer<DeliveryContext> =
+            client_config(settings, bootstrap, ClientRole::Producer, queue_size)
+                .create_with_context(context)?;
+        let publisher = Publisher {
+            producer,
+            dlq_topic: Arc::from(settings.dlq_topic.as_str()),
+            max_retries: settings.max_retries,
+            retry_backoff: settings.retry_backoff,
+            metrics,
+        };
+        Ok((Arc::new(publisher), rx))
+    }
+
+    pub fn producer(&self) -> &ThreadedProducer<DeliveryContext> {
+        &self.producer
+    }
+
+    /// Hands one record to librdkafka. Never sleeps a fixed 100 ms: when librdkafka's own buffer is full
+    /// it yields for 1 ms, doubling to at most 50 ms, and the record is retried as returned.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_raw(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: Option<OwnedHeaders>,
+        timestamp_ms: Option<i64>,
+        ticket: Box<DeliveryTicket>,
+    ) {
+        let mut record: BaseRecord<'_, [u8], [u8], Box<DeliveryTicket>> =
+            BaseRecord::with_opaque_to(topic, ticket).payload(value);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        if let Some(ts) = timestamp_ms {
+            record = record.timestamp(ts);
+        }
+        let mut wait = Duration::from_millis(1);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    record = returned;
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(50));
+                }
+                Err((error, returned)) => {
+                    // Refused before it was queued (too large, unknown partition, fatal producer state):
+                    // the same path as a failed delivery report.
+                    self.producer.context().fail(FailedDelivery {
+                        ticket: returned.delivery_opaque,
+                        error,
+                        topic: Arc::from(topic),
+                        key: key.map(<[u8]>::to_vec),
+                        value: value.to_vec(),
+                        headers: returned.headers,
+                        timestamp_ms,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Retries or dead-letters each failed delivery until the channel closes (shutdown aborts it).
+    pub async fn run_failures(
+        self: Arc<Self>,
+        mut failures: mpsc::UnboundedReceiver<FailedDelivery>,
+    ) {
+        while let Some(mut failed) = failures.recv().await {
+            match failed.ticket.destination {
+                Destination::DeadLetter => {
+                    tracing::error!(
+                        id = %failed.ticket.id,
+                        error = %failed.error,
+                        dlq_topic = %self.dlq_topic,
+                        "dead-letter write failed; event lost"
+                    );
+                    self.metrics.lost(1);
+                }
+                Destination::Primary
+                    if is_retriable(&failed.error) && failed.ticket.attempt <= self.max_retries =>
+                {
+                    self.metrics.retried();
+                    let shift = (failed.ticket.attempt - 1).min(8);
+                    let delay = (self.retry_backoff * (1 << shift)).min(Duration::from_secs(30));
+                    tracing::debug!(id = %failed.ticket.id, attempt = failed.ticket.attempt, error = %failed.error, ?delay, "retrying delivery");
+                    failed.ticket.attempt += 1;
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let f = failed;
+                        this.send_raw(
+                            &f.topic,
+                            f.key.as_deref(),
+                            &f.value,
+                            f.headers,
+                            f.timestamp_ms,
+                            f.ticket,
+                        )
+                        .await;
+                    });
+                }
+                Destination::Primary => {
+                    self.metrics.failed();
+                    tracing::warn!(
+                        id = %failed.ticket.id,
+                        topic = %failed.topic,
+                        attempts = failed.ticket.attempt,
+                        error = %failed.error,
+                        "delivery failed terminally; writing to the dead-letter topic"
+                    );
+                    self.dead_letter(failed).await;
+                }
+            }
+        }
+    }
+
+    /// Writes a failed event to the dead-letter topic with headers naming the error, the original topic
+    /// and the number of attempts.
+    async fn dead_letter(&self, failed: FailedDelivery) {
+        let code = error_code(&failed.error);
+        let message = failed.error.to_string();
+        let attempts = failed.ticket.attempt.to_string();
+        let headers = failed
+            .headers
+            .unwrap_or_default()
+            .insert(Header {
+                key: "x-error-code",
+                value: Some(code.as_bytes()),
+            })
+            .insert(Header {
+                key: "x-error-message",
+                value: Some(message.as_bytes()),
+            })
+            .insert(Header {
+                key: "x-original-topic",
+                value: Some(failed.topic.as_bytes()),
+            })
+            .insert(Header {
+                key: "x-attempts",
+                value: Some(attempts.as_bytes()),
+            });
+        let mut ticket = failed.ticket;
+        ticket.destination = Destination::DeadLetter;
+        let dlq = self.dlq_topic.clone();
+        self.send_raw(
+            &dlq,
+            failed.key.as_deref(),
+            &failed.value,
+            Some(headers),
+            failed.timestamp_ms,
+            ticket,
+        )
+        .await;
+    }
+
+    /// Waits up to `timeout` for librdkafka to deliver everything it holds.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(timeout)
+    }
+
+    /// Gives up on what librdkafka still holds (end of the shutdown budget): purges it and counts each
+    /// purged event as lost. Blocking; call from a blocking context.
+    pub fn abandon(&self) {
+        self.producer
+            .context()
+            .abandoning
+            .store(true, Ordering::Release);
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        // Purged messages come back as delivery reports on the next poll.
+        let _ = self.producer.flush(Duration::from_millis(500));
+    }
+
+    /// Records librdkafka still holds (queued or in flight to the broker).
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
+
+impl Publisher {
+    /// Hands an encoded event to librdkafka (see [`Publisher::send_raw`]).
+    pub async fn send(&self, record: super::OutboundRecord, ticket: Box<DeliveryTicket>) {
+        self.send_raw(
+            &record.topic,
+            Some(&record.key),
+            &record.value,
+            Some(record.headers),
+            Some(record.timestamp_ms),
+            ticket,
+        )
+        .await;
+    }
+}

@@ -1,0 +1,61 @@
+//! The Kafka record an event becomes: key, value, headers (CloudEvents Kafka binding) and timestamp.
+
+use std::sync::Arc;
+
+use rdkafka::message::{Header, OwnedHeaders};
+
+use crate::ingest::envelope::Event;
+
+/// One record ready to hand to the producer.
+pub struct OutboundRecord {
+    pub id: String,
+    pub topic: Arc<str>,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub headers: OwnedHeaders,
+    pub timestamp_ms: i64,
+}
+
+impl OutboundRecord {
+    /// Encodes `event` for `topic`: key = `key` or id; value = the normalized envelope as JSON; headers
+    /// `ce_id`, `ce_type`, `ce_time`, `ce_specversion`, `content-type` and the caller's own.
+    pub fn from_event(event: &Event, topic: &Arc<str>) -> Self {
+        let time = event.timestamp_rfc3339();
+        let value = event.to_json(&time);
+        let mut headers = OwnedHeaders::new_with_capacity(5 + event.headers.len())
+            .insert(Header {
+                key: "ce_id",
+                value: Some(event.id.as_bytes()),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some(event.event_type.as_bytes()),
+            })
+            .insert(Header {
+                key: "ce_time",
+                value: Some(time.as_bytes()),
+            })
+            .insert(Header {
+                key: "ce_specversion",
+                value: Some("1.0"),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            });
+        for (name, value) in &event.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            });
+        }
+        OutboundRecord {
+            id: event.id.clone(),
+            topic: topic.clone(),
+            key: event.partition_key().as_bytes().to_vec(),
+            value,
+            headers,
+            timestamp_ms: event.timestamp_millis(),
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! event-ingestor: an HTTP gateway that publishes events to Apache Kafka without losing any it acknowledged.
+//!
+//! `Application::build` binds the listeners and starts the pipeline (HTTP handler → bounded queue →
+//! worker pool → librdkafka → delivery reports); `Application::run_until_stopped` serves until the
+//! shutdown trigger fires, then drains in order.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod kafka;
+pub mod lifecycle;
+pub mod telemetry;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Brokers, Settings};
+use crate::http::{AppState, IngestLimits};
+use crate::ingest::IngestQueue;
+use crate::kafka::{EmbeddedKafka, Publisher};
+use crate::lifecycle::{Readiness, Shutdown};
+use crate::telemetry::{Metrics, QueueGauge};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the embedded Kafka cluster: {0}")]
+    Embedded(String),
+    #[error("cannot create the Kafka producer: {0}")]
+    Producer(#[from] rdkafka::error::KafkaError),
+}
+
+/// What the shutdown did, for the exit log and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Events accepted but neither published nor dead-lettered when the budget ran out.
+    pub undelivered: i64,
+    pub forced: bool,
+}
+
+/// A built, bound service, ready to run.
+pub struct Application {
+    settings: Settings,
+    main_listener: TcpListener,
+    admin_listener: TcpListener,
+    state: AppState,
+    publisher: Arc<Publisher>,
+    workers: JoinSet<()>,
+    failures_task: JoinHandle<()>,
+    health_stop: CancellationToken,
+    bootstrap: String,
+    embedded: Option<EmbeddedKafka>,
+}
+
+impl Application {
+    /// Starts Kafka plumbing and binds both listeners (port 0 picks a free port: tests use that).
+    pub async fn build(settings: Settings, shutdown: Shutdown) -> Result<Self, StartError> {
+        let embedded = match settings.kafka.brokers {
+            Brokers::Embedded => {
+                let cluster =
+                    EmbeddedKafka::start(&[&settings.kafka.topic, &settings.kafka.dlq_topic], 3)
+                        .map_err(StartError::Embedded)?;
+                tracing::warn!(
+                    bootstrap_servers = cluster.bootstrap_servers(),
+                    topics = ?[&settings.kafka.topic, &settings.kafka.dlq_topic],
+                    "EMBEDDED KAFKA: events go to an in-process mock cluster and stay in memory; they are lost when \
+                     the process exits. Any Kafka client on this host can read them from the bootstrap address."
+                );
+                Some(cluster)
+            }
+            Brokers::List(_) => None,
+        };
+        let bootstrap = match (&settings.kafka.brokers, &embedded) {
+            (Brokers::List(list), _) => list.clone(),
+            (Brokers::Embedded, Some(cluster)) => cluster.bootstrap_servers().to_string(),
+            (Brokers::Embedded, None) => unreachable!("the embedded cluster was started above"),
+        };
+
+        let queue_gauge = Arc::new(QueueGauge::new(settings.ingest.queue_size));
+        let metrics = Metrics::new(queue_gauge.clone());
+        let (publisher, failures) = Publisher::new(
+            &settings.kafka,
+            &bootstrap,
+            settings.ingest.queue_size,
+            metrics.clone(),
+        )?;
+        let failures_task = tokio::spawn(publisher.clone().run_failures(failures));
+
+        let bind = |port: u16| SocketAddr::new(settings.http.bind, port);
+        let main_listener =
+            TcpListener::bind(bind(settings.http.port))
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: bind(settings.http.port),
+                    source,
+                })?;
+        let admin_listener = TcpListener::bind(bind(settings.http.admin_port))
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: bind(settings.http.admin_port),
+                source,
+            })?;
+
+        let (queue, workers) = IngestQueue::start(
+            settings.ingest.worker_pool_size,
+            publisher.clone(),
+            metrics.clone(),
+        );
+        let readiness = Arc::new(Readiness::new(
+            settings.kafka.unreachable_window,
+            queue_gauge,
+            settings.ingest.queue_high_water,
+        ));
+        let health_stop = CancellationToken::new();
+        tokio::spawn(kafka::health::monitor(
+            publisher.clone(),
+            settings.kafka.topic.clone(),
+            settings.kafka.metadata_refresh,
+            readiness.clone(),
+            health_stop.clone(),
+        ));
+
+        let state = AppState {
+            queue,
+            metrics,
+            readiness,
+            shutdown,
+            topic: Arc::from(settings.kafka.topic.as_str()),
+            ack_mode: settings.ingest.ack_mode,
+            // One full librdkafka attempt plus a margin for the delivery report to arrive.
+            ack_timeout: settings.kafka.write_timeout + Duration::from_secs(1),
+            limits: Arc::new(IngestLimits::from_settings(&settings)),
+        };
+        Ok(Application {
+            settings,
+            main_listener,
+            admin_listener,
+            state,
+            publisher,
+            workers,
+            failures_task,
+            health_stop,
+            bootstrap,
+            embedded,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.main_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// The broker list the producer uses (the mock cluster's address in embedded mode).
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The embedded cluster, for fault injection in tests.
+    pub fn embedded_kafka(&self) -> Option<&EmbeddedKafka> {
+        self.embedded.as_ref()
+    }
+
+    /// Serves until the shutdown trigger fires, then: readiness off, keep serving for the drain delay,
+    /// stop accepting, finish in-flight requests, drain the queue, wait for delivery reports, flush.
+    pub async fn run_until_stopped(self) -> std::io::Result<ShutdownReport> {
+        let Application {
+            settings,
+            main_listener,
+            admin_listener,
+            state,
+            publisher,
+            mut workers,
+            failures_task,
+            health_stop,
+            embedded,
+            ..
+        } = self;
+        let shutdown = state.shutdown.clone();
+        let http_addr = main_listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+
+        let main_stop = CancellationToken::new();
+        let main_app = http::ingest_router(state.clone(), &settings)
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let mut main_server = tokio::spawn(
+            axum::serve(main_listener, main_app)
+                .with_graceful_shutdown(main_stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        let admin_stop = CancellationToken::new();
+        let admin_server = tokio::spawn(
+            axum::serve(admin_listener, http::admin::router(state.clone()))
+                .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        state.readiness.set_started();
+        tracing::info!(%http_addr, %admin_addr, topic = %settings.kafka.topic, ack_mode = ?settings.ingest.ack_mode, "event-ingestor listening");
+
+        tokio::select! {
+            _ = shutdown.begun() => {}
+            result = &mut main_server => {
+                // The ingest server stopped on its own: an I/O failure. Drain what was accepted.
+                tracing::error!(?result, "ingest listener stopped unexpectedly; draining");
+                shutdown.begin();
+            }
+        }
+        let started = Instant::now();
+        state.readiness.set_draining();
+        tracing::info!(drain_delay = ?settings.shutdown.drain_delay, "readiness off; serving on while endpoints are removed");
+        tokio::select! {
+            _ = tokio::time::sleep(settings.shutdown.drain_delay) => {}
+            _ = shutdown.forced() => {}
+        }
+        let deadline = tokio::time::Instant::now() + settings.shutdown.timeout;
+
+        let step = Instant::now();
+        main_stop.cancel();
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => tracing::warn!("in-flight requests still open at the shutdown deadline"),
+            _ = shutdown.forced() => {}
+            _ = &mut main_server => {}
+        }
+        tracing::info!(
+            elapsed_ms = step.elapsed().as_millis() as u64,
+            "stopped accepting; in-flight requests finished"
+        );
+
+        let step = Instant::now();
+        state.queue.close();
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => tracing::warn!("queue not drained at the shutdown deadline"),
+            _ = shutdown.forced() => {}
+            _ = async { while workers.join_next().await.is_some() {} } => {}
+        }
+        tracing::info!(
+            elapsed_ms = step.elapsed().as_millis() as u64,
+            "ingest queue drained into the producer"
+        );
+
+        let step = Instant::now();
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = shutdown.forced() => {}
+            _ = async { while state.metrics.pending() > 0 { tokio::time::sleep(Duration::from_millis(5)).await } } => {}
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let flush_budget = if shutdown.is_forced() {
+            Duration::ZERO
+        } else {
+            remaining
+        };
+        let p = publisher.clone();
+        let _ = tokio::task::spawn_blocking(move || p.flush(flush_budget)).await;
+        tracing::info!(
+            elapsed_ms = step.elapsed().as_millis() as u64,
+            "producer flushed"
+        );
+
+        workers.abort_all();
+        failures_task.abort();
+        health_stop.cancel();
+        let undelivered = state.metrics.pending().max(0);
+        if undelivered > 0 {
+            // Whatever librdkafka still holds is purged and counted; what sat elsewhere (a retry waiting
+            // out its backoff, a job a forced stop left in the queue) is counted here.
+            let p = publisher.clone();
+            let _ = tokio::task::spawn_blocking(move || p.abandon()).await;
+            let rest = state.metrics.pending().max(0);
+            state.metrics.lost(rest as u64);
+            tracing::error!(
+                undelivered,
+                "events accepted but not delivered when the shutdown budget ran out"
+            );
+        }
+        admin_stop.cancel();
+        let _ = admin_server.await;
+        drop(publisher);
+        drop(embedded);
+        let report = ShutdownReport {
+            undelivered,
+            forced: shutdown.is_forced(),
+        };
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ?report,
+            "shutdown complete"
+        );
+        Ok(report)
+    }
+}

@@ -1,0 +1,117 @@
+//! The `event-ingestor` binary: parse the command line and configuration, start telemetry, run the
+//! service, and map the outcome to an exit code (0 clean stop, 1 runtime failure, 2 bad configuration).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use event_ingestor::config::{Brokers, Settings, KAFKA_PROPERTY_PREFIX, KEYS};
+use event_ingestor::lifecycle::{listen_for_signals, Shutdown};
+use event_ingestor::{telemetry, Application};
+
+const USAGE: &str = "\
+usage: event-ingestor [--embedded-kafka] [--config FILE]
+       event-ingestor describe     print accepted settings, routes and probes as JSON
+       event-ingestor --help | --version
+
+Configuration comes from defaults, then the optional TOML/YAML file (--config or CONFIG_FILE), then
+environment variables. librdkafka properties pass through as KAFKA_PROPERTY_<NAME> (dots as underscores).";
+
+enum Command {
+    Run {
+        embedded: bool,
+        config: Option<PathBuf>,
+    },
+    Describe,
+    Help,
+    Version,
+}
+
+fn parse_args(args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut embedded = false;
+    let mut config = None;
+    let mut args = args.peekable();
+    if args.peek().map(String::as_str) == Some("describe") {
+        return Ok(Command::Describe);
+    }
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--embedded-kafka" => embedded = true,
+            "--config" => {
+                config = Some(PathBuf::from(
+                    args.next().ok_or("--config needs a file path")?,
+                ))
+            }
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(Command::Run { embedded, config })
+}
+
+fn main() -> ExitCode {
+    let (embedded, config) = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run { embedded, config }) => (embedded, config),
+        Ok(Command::Describe) => {
+            println!("{:#}", event_ingestor::http::describe());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Help) => {
+            println!("{USAGE}\n\nSettings (environment name, default):");
+            for k in KEYS {
+                println!("  {:<26} {:<16} {}", k.env, k.default, k.accepts);
+            }
+            println!("  {KAFKA_PROPERTY_PREFIX}*          librdkafka passthrough, e.g. {KAFKA_PROPERTY_PREFIX}SECURITY_PROTOCOL=SASL_SSL");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("event-ingestor {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(msg) => {
+            eprintln!("event-ingestor: {msg}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+
+    // Every bad setting is reported here, before any port is bound.
+    let mut settings = match Settings::from_process(config) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("event-ingestor: {errors}");
+            return ExitCode::from(2);
+        }
+    };
+    if embedded {
+        settings.kafka.brokers = Brokers::Embedded;
+    }
+    telemetry::init_logging(&settings.log_level);
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = ?settings, "starting event-ingestor");
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = Shutdown::new();
+        listen_for_signals(shutdown.clone()).map_err(|e| e.to_string())?;
+        let app = Application::build(settings, shutdown)
+            .await
+            .map_err(|e| e.to_string())?;
+        app.run_until_stopped().await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "event-ingestor failed");
+            eprintln!("event-ingestor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! The Prometheus registry and every metric the service exports, resolved once, off the hot path.
+//!
+//! Names of the Go service are kept (`events_received_total`, `events_published_total`,
+//! `events_failed_total`, `ingest_queue_size`, `http_requests_total{status}`).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::sync::Semaphore;
+
+/// Labels of the per-request HTTP metrics: bounded (routes are templates, statuses are codes).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: &'static str,
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// What the queue exposes to the scrape: read at scrape time, so the hot path pays nothing for it.
+#[derive(Debug)]
+pub struct QueueGauge {
+    pub capacity: usize,
+    /// Free slots of the bounded queue; depth is `capacity - available`.
+    pub slots: Arc<Semaphore>,
+    /// Events accepted but not yet resolved (published, dead-lettered or lost).
+    pub pending: AtomicI64,
+}
+
+impl QueueGauge {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            slots: Arc::new(Semaphore::new(capacity)),
+            pending: AtomicI64::new(0),
+        }
+    }
+
+    pub fn depth(&self) -> usize {
+        self.capacity.saturating_sub(self.slots.available_permits())
+    }
+
+    pub fn utilization(&self) -> f64 {
+        self.depth() as f64 / self.capacity as f64
+    }
+}
+
+#[derive(Debug)]
+struct QueueCollector(Arc<QueueGauge>);
+
+impl Collector for QueueCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let q = &self.0;
+        let gauges: [(&str, &str, f64); 4] = [
+            (
+                "ingest_queue_size",
+                "Events waiting in the bounded ingest queue",
+                q.depth() as f64,
+            ),
+            (
+                "ingest_queue_capacity",
+                "Capacity of the bounded ingest queue (QUEUE_SIZE)",
+                q.capacity as f64,
+            ),
+            (
+                "ingest_queue_utilization",
+                "Fraction of the ingest queue in use, 0-1: the autoscaling signal",
+                q.utilization(),
+            ),
+            (
+                "events_pending",
+                "Events accepted but not yet published, dead-lettered or lost",
+                q.pending.load(Ordering::Relaxed) as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(value);
+            let metric_encoder =
+                encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric_encoder)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every metric, shared by handle. Cloning is cheap.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    events_received: Counter,
+    events_published: Counter,
+    events_failed: Counter,
+    events_dead_lettered: Counter,
+    events_lost: Counter,
+    events_retried: Counter,
+    events_rejected: Family<ReasonLabel, Counter>,
+    http_requests: Family<StatusLabel, Counter>,
+    http_duration: Family<HttpLabels, Histogram>,
+    delivery_duration: Histogram,
+    batch_size: Histogram,
+    queue: Arc<QueueGauge>,
+}
+
+impl Metrics {
+    pub fn new(queue: Arc<QueueGauge>) -> Self {
+        let mut registry = Registry::default();
+        let events_received = Counter::default();
+        registry.register(
+            "events_received",
+            "Events accepted from clients",
+            events_received.clone(),
+        );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "Events acknowledged by Kafka on their topic",
+            events_published.clone(),
+        );
+        let events_failed = Counter::default();
+        registry.register(
+            "events_failed",
+            "Events whose delivery to their topic failed terminally (then dead-lettered or lost)",
+            events_failed.clone(),
+        );
+        let events_dead_lettered = Counter::default();
+        registry.register(
+            "events_dlq",
+            "Events written to the dead-letter topic",
+            events_dead_lettered.clone(),
+        );
+        let events_lost = Counter::default();
+        registry.register(
+            "events_lost",
+            "Accepted events that reached neither their topic nor the dead-letter topic",
+            events_lost.clone(),
+        );
+        let events_retried = Counter::default();
+        registry.register(
+            "events_retried",
+            "Delivery attempts repeated after a retriable failure",
+            events_retried.clone(),
+        );
+        let events_rejected = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "events_rejected",
+            "Events refused at ingest, by reason",
+            events_rejected.clone(),
+        );
+        let http_requests = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests on the ingest listener by status",
+            http_requests.clone(),
+        );
+        let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.5, 14))
+        });
+        registry.register_with_unit(
+            "http_request_duration",
+            "Ingest listener request latency by route and status class",
+            Unit::Seconds,
+            http_duration.clone(),
+        );
+        let delivery_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register_with_unit(
+            "event_delivery_duration",
+            "Time from receipt of an event to Kafka's acknowledgement",
+            Unit::Seconds,
+            delivery_duration.clone(),
+        );
+        let batch_size = Histogram::new(exponential_buckets(1.0, 4.0, 9));
+        registry.register(
+            "ingest_batch_size",
+            "Events per accepted request",
+            batch_size.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        registry.register_collector(Box::new(QueueCollector(queue.clone())));
+        Metrics(Arc::new(Inner {
+            registry,
+            events_received,
+            events_published,
+            events_failed,
+            events_dead_lettered,
+            events_lost,
+            events_retried,
+            events_rejected,
+            http_requests,
+            http_duration,
+            delivery_duration,
+            batch_size,
+            queue,
+        }))
+    }
+
+    pub fn queue(&self) -> &Arc<QueueGauge> {
+        &self.0.queue
+    }
+
+    /// `n` events accepted into the queue.
+    pub fn accepted(&self, n: usize) {
+        self.0.events_received.inc_by(n as u64);
+        self.0.batch_size.observe(n as f64);
+        self.0.queue.pending.fetch_add(n as i64, Ordering::Relaxed);
+    }
+
+    /// `n` events refused at ingest for `reason` (a stable problem code).
+    pub fn rejected(&self, reason: &'static str, n: usize) {
+        self.0
+            .events_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc_by(n as u64);
+    }
+
+    pub fn published(&self, since_receipt: std::time::Duration) {
+        self.0.events_published.inc();
+        self.0
+            .delivery_duration
+            .observe(since_receipt.as_secs_f64());
+        self.resolved();
+    }
+
+    pub fn retried(&self) {
+        self.0.events_retried.inc();
+    }
+
+    /// An event failed terminally on its topic and will be dead-lettered (still pending until then).
+    pub fn failed(&self) {
+        self.0.events_failed.inc();
+    }
+
+    /// An event whose delivery was refused by the caller's wait (`ack=kafka`): the client was told, so
+    /// it is resolved without a dead letter.
+    pub fn failed_and_reported(&self) {
+        self.0.events_failed.inc();
+        self.resolved();
+    }
+
+    pub fn dead_lettered(&self) {
+        self.0.events_dead_lettered.inc();
+        self.resolved();
+    }
+
+    pub fn lost(&self, n: u64) {
+        self.0.events_lost.inc_by(n);
+        self.0.queue.pending.fetch_sub(n as i64, Ordering::Relaxed);
+    }
+
+    fn resolved(&self) {
+        self.0.queue.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn pending(&self) -> i64 {
+        self.0.queue.pending.load(Ordering::Relaxed)
+    }
+
+    pub fn http_request(&self, route: &'static str, status: u16, elapsed: std::time::Duration) {
+        self.0
+            .http_requests
+            .get_or_create(&StatusLabel { status })
+            .inc();
+        let status_class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.0
+            .http_duration
+            .get_or_create(&HttpLabels {
+                route,
+                status_class,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        if prometheus_client::encoding::text::encode(&mut out, &self.0.registry).is_err() {
+            out.clear();
+            let _ = writeln!(out, "# metrics encoding failed");
+        }
+        out
+    }
+}
