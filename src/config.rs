@@ -26,28 +26,64 @@ pub const KEYS: &[Key] = &[
     Key { env: "ADMIN_PORT", default: "8081", accepts: "a TCP port (0-65535), different from HTTP_PORT" },
     Key { env: "BIND_ADDRESS", default: "0.0.0.0", accepts: "an IPv4 or IPv6 address to listen on" },
     Key { env: "LOG_LEVEL", default: "INFO", accepts: "one of TRACE, DEBUG, INFO, WARN, ERROR" },
-    Key { env: "KAFKA_BROKERS", default: "localhost:9092", accepts: "a comma-separated list of host:port, or `embedded`" },
+    Key {
+        env: "KAFKA_BROKERS",
+        default: "localhost:9092",
+        accepts: "a comma-separated list of host:port, or `embedded`",
+    },
     Key { env: "KAFKA_TOPIC", default: "events", accepts: "a Kafka topic name (1-249 of [a-zA-Z0-9._-])" },
     Key { env: "KAFKA_DLQ_TOPIC", default: "events-dlq", accepts: "a Kafka topic name different from KAFKA_TOPIC" },
-    Key { env: "KAFKA_MAX_RETRIES", default: "3", accepts: "an integer 0-100: re-sends after a retriable delivery failure before the DLQ" },
+    Key {
+        env: "KAFKA_MAX_RETRIES",
+        default: "3",
+        accepts: "an integer 0-100: re-sends after a retriable delivery failure before the DLQ",
+    },
     Key { env: "KAFKA_RETRY_BACKOFF", default: "100ms", accepts: "a duration with a unit, 1ms-60s (e.g. 250ms)" },
-    Key { env: "KAFKA_WRITE_TIMEOUT", default: "10s", accepts: "a duration with a unit, 1s-15m: how long one delivery attempt may take" },
+    Key {
+        env: "KAFKA_WRITE_TIMEOUT",
+        default: "10s",
+        accepts: "a duration with a unit, 1s-15m: how long one delivery attempt may take",
+    },
     Key { env: "KAFKA_LINGER", default: "5ms", accepts: "a duration with a unit, 0ms-1s: producer batching delay" },
     Key { env: "KAFKA_COMPRESSION", default: "lz4", accepts: "one of none, gzip, snappy, lz4, zstd" },
-    Key { env: "KAFKA_METADATA_REFRESH", default: "5s", accepts: "a duration with a unit, 100ms-5m: how often readiness re-checks the brokers" },
-    Key { env: "KAFKA_UNREACHABLE_WINDOW", default: "15s", accepts: "a duration with a unit, 1s-1h: how long the brokers may be unreachable before /readyz fails" },
+    Key {
+        env: "KAFKA_METADATA_REFRESH",
+        default: "5s",
+        accepts: "a duration with a unit, 100ms-5m: how often readiness re-checks the brokers",
+    },
+    Key {
+        env: "KAFKA_UNREACHABLE_WINDOW",
+        default: "15s",
+        accepts: "a duration with a unit, 1s-1h: how long the brokers may be unreachable before /readyz fails",
+    },
     Key { env: "WORKER_POOL_SIZE", default: "10", accepts: "an integer 1-1024" },
     Key { env: "QUEUE_SIZE", default: "1000", accepts: "an integer 1-10000000 (events)" },
-    Key { env: "QUEUE_HIGH_WATER", default: "0.9", accepts: "a fraction in (0, 1]: queue utilization above which /readyz fails" },
-    Key { env: "ACK_MODE", default: "queued", accepts: "`queued` (202 once queued) or `kafka` (200 once the broker acknowledged)" },
+    Key {
+        env: "QUEUE_HIGH_WATER",
+        default: "0.9",
+        accepts: "a fraction in (0, 1]: queue utilization above which /readyz fails",
+    },
+    Key {
+        env: "ACK_MODE",
+        default: "queued",
+        accepts: "`queued` (202 once queued) or `kafka` (200 once the broker acknowledged)",
+    },
     Key { env: "RATE_LIMIT_RPS", default: "1000", accepts: "an integer 0-10000000 requests/s (0 disables the limit)" },
     Key { env: "RATE_LIMIT_BURST", default: "100", accepts: "an integer 1-10000000" },
     Key { env: "MAX_BODY_BYTES", default: "4194304", accepts: "an integer 1024-1073741824 (bytes)" },
     Key { env: "MAX_EVENT_BYTES", default: "1048576", accepts: "an integer 64-104857600 (bytes of one encoded event)" },
     Key { env: "MAX_BATCH_EVENTS", default: "10000", accepts: "an integer 1-1000000 (events in one request)" },
     Key { env: "REQUEST_TIMEOUT", default: "30s", accepts: "a duration with a unit, 100ms-10m" },
-    Key { env: "SHUTDOWN_DRAIN_DELAY", default: "5s", accepts: "a duration with a unit, 0s-10m: how long to keep serving after readiness turns 503" },
-    Key { env: "SHUTDOWN_TIMEOUT", default: "25s", accepts: "a duration with a unit, 1s-1h: budget to finish requests and flush after the drain delay" },
+    Key {
+        env: "SHUTDOWN_DRAIN_DELAY",
+        default: "5s",
+        accepts: "a duration with a unit, 0s-10m: how long to keep serving after readiness turns 503",
+    },
+    Key {
+        env: "SHUTDOWN_TIMEOUT",
+        default: "25s",
+        accepts: "a duration with a unit, 1s-1h: budget to finish requests and flush after the drain delay",
+    },
 ];
 
 /// Environment variables with this prefix are passed to librdkafka: `KAFKA_PROPERTY_SASL_MECHANISM=PLAIN`
@@ -104,11 +140,8 @@ pub struct KafkaSettings {
 
 impl fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let properties: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), redact(k, v)))
-            .collect();
+        let properties: BTreeMap<&str, &str> =
+            self.properties.iter().map(|(k, v)| (k.as_str(), redact(k, v))).collect();
         f.debug_struct("KafkaSettings")
             .field("brokers", &self.brokers)
             .field("topic", &self.topic)
@@ -126,17 +159,9 @@ impl fmt::Debug for KafkaSettings {
 /// librdkafka property names whose values are secret.
 pub fn is_secret_property(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    [
-        "password",
-        "secret",
-        "sasl.jaas",
-        "oauthbearer.config",
-        "key.pem",
-        "ssl.key",
-        "token",
-    ]
-    .iter()
-    .any(|s| name.contains(s))
+    ["password", "secret", "sasl.jaas", "oauthbearer.config", "key.pem", "ssl.key", "token"]
+        .iter()
+        .any(|s| name.contains(s))
 }
 
 /// The value to show for a property: the value itself, or a placeholder for secrets.
@@ -225,46 +250,29 @@ impl Reader {
     fn raw(&self, key: &Key) -> String {
         // Every key has a default, so a missing value is impossible; an unreadable one (a table
         // where a string belongs, from a file) is reported through `parse`.
-        self.merged
-            .get_string(&key.env.to_ascii_lowercase())
-            .unwrap_or_else(|_| String::from("<not a scalar>"))
+        self.merged.get_string(&key.env.to_ascii_lowercase()).unwrap_or_else(|_| String::from("<not a scalar>"))
     }
 
     fn parse<T>(&mut self, env: &str, check: impl FnOnce(&str) -> Option<T>) -> Option<T> {
-        let key = KEYS
-            .iter()
-            .find(|k| k.env == env)
-            .expect("every parsed key is in KEYS");
+        let key = KEYS.iter().find(|k| k.env == env).expect("every parsed key is in KEYS");
         let raw = self.raw(key);
         let parsed = check(raw.trim());
         if parsed.is_none() {
-            self.errors.push(Invalid {
-                name: key.env.into(),
-                value: raw,
-                accepts: key.accepts.into(),
-            });
+            self.errors.push(Invalid { name: key.env.into(), value: raw, accepts: key.accepts.into() });
         }
         parsed
     }
 
     fn reject(&mut self, name: &str, value: &str, accepts: &str) {
-        self.errors.push(Invalid {
-            name: name.into(),
-            value: value.into(),
-            accepts: accepts.into(),
-        });
+        self.errors.push(Invalid { name: name.into(), value: value.into(), accepts: accepts.into() });
     }
 
     fn int<T: std::str::FromStr + PartialOrd>(&mut self, env: &str, min: T, max: T) -> Option<T> {
-        self.parse(env, |s| {
-            s.parse::<T>().ok().filter(|v| *v >= min && *v <= max)
-        })
+        self.parse(env, |s| s.parse::<T>().ok().filter(|v| *v >= min && *v <= max))
     }
 
     fn duration(&mut self, env: &str, min: Duration, max: Duration) -> Option<Duration> {
-        self.parse(env, |s| {
-            parse_duration(s).filter(|d| *d >= min && *d <= max)
-        })
+        self.parse(env, |s| parse_duration(s).filter(|d| *d >= min && *d <= max))
     }
 }
 
@@ -281,8 +289,7 @@ fn valid_topic(s: &str) -> bool {
         && s.len() <= 249
         && s != "."
         && s != ".."
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn parse_brokers(s: &str) -> Option<Brokers> {
@@ -342,9 +349,8 @@ impl Settings {
 
         let mut builder = Config::builder();
         for key in KEYS {
-            builder = builder
-                .set_default(key.env.to_ascii_lowercase(), key.default)
-                .expect("defaults are plain strings");
+            builder =
+                builder.set_default(key.env.to_ascii_lowercase(), key.default).expect("defaults are plain strings");
         }
         let mut file_properties = BTreeMap::new();
         if let Some(path) = file {
@@ -359,10 +365,7 @@ impl Settings {
         // Environment wins over the file, and the file's librdkafka properties are overridden by env ones.
         file_properties.extend(properties);
         let properties = file_properties;
-        let merged = match builder
-            .add_source(config::Environment::default().source(Some(env_values)))
-            .build()
-        {
+        let merged = match builder.add_source(config::Environment::default().source(Some(env_values))).build() {
             Ok(c) => c,
             Err(e) => {
                 errors.push(Invalid {
@@ -380,11 +383,7 @@ impl Settings {
         let admin_port = r.int::<u16>("ADMIN_PORT", 0, u16::MAX);
         if let (Some(p), Some(a)) = (port, admin_port) {
             if p == a && p != 0 {
-                r.reject(
-                    "ADMIN_PORT",
-                    &a.to_string(),
-                    "a port different from HTTP_PORT",
-                );
+                r.reject("ADMIN_PORT", &a.to_string(), "a port different from HTTP_PORT");
             }
         }
         let log_level = r.parse("LOG_LEVEL", parse_log_level);
@@ -397,66 +396,32 @@ impl Settings {
             }
         }
         let max_retries = r.int::<u32>("KAFKA_MAX_RETRIES", 0, 100);
-        let retry_backoff = r.duration(
-            "KAFKA_RETRY_BACKOFF",
-            Duration::from_millis(1),
-            Duration::from_secs(60),
-        );
-        let write_timeout = r.duration(
-            "KAFKA_WRITE_TIMEOUT",
-            Duration::from_secs(1),
-            Duration::from_secs(900),
-        );
+        let retry_backoff = r.duration("KAFKA_RETRY_BACKOFF", Duration::from_millis(1), Duration::from_secs(60));
+        let write_timeout = r.duration("KAFKA_WRITE_TIMEOUT", Duration::from_secs(1), Duration::from_secs(900));
         let linger = r.duration("KAFKA_LINGER", Duration::ZERO, Duration::from_secs(1));
         let compression = r.parse("KAFKA_COMPRESSION", |s| {
             let s = s.to_ascii_lowercase();
-            ["none", "gzip", "snappy", "lz4", "zstd"]
-                .contains(&s.as_str())
-                .then_some(s)
+            ["none", "gzip", "snappy", "lz4", "zstd"].contains(&s.as_str()).then_some(s)
         });
-        let metadata_refresh = r.duration(
-            "KAFKA_METADATA_REFRESH",
-            Duration::from_millis(100),
-            Duration::from_secs(300),
-        );
-        let unreachable_window = r.duration(
-            "KAFKA_UNREACHABLE_WINDOW",
-            Duration::from_secs(1),
-            Duration::from_secs(3600),
-        );
+        let metadata_refresh =
+            r.duration("KAFKA_METADATA_REFRESH", Duration::from_millis(100), Duration::from_secs(300));
+        let unreachable_window =
+            r.duration("KAFKA_UNREACHABLE_WINDOW", Duration::from_secs(1), Duration::from_secs(3600));
         let worker_pool_size = r.int::<usize>("WORKER_POOL_SIZE", 1, 1024);
         let queue_size = r.int::<usize>("QUEUE_SIZE", 1, 10_000_000);
-        let queue_high_water = r.parse("QUEUE_HIGH_WATER", |s| {
-            s.parse::<f64>().ok().filter(|f| *f > 0.0 && *f <= 1.0)
-        });
+        let queue_high_water = r.parse("QUEUE_HIGH_WATER", |s| s.parse::<f64>().ok().filter(|f| *f > 0.0 && *f <= 1.0));
         let ack_mode = r.parse("ACK_MODE", AckMode::parse);
         let rps = r.int::<u32>("RATE_LIMIT_RPS", 0, 10_000_000);
         let burst = r.int::<u32>("RATE_LIMIT_BURST", 1, 10_000_000);
         let max_body_bytes = r.int::<usize>("MAX_BODY_BYTES", 1024, 1 << 30);
         let max_event_bytes = r.int::<usize>("MAX_EVENT_BYTES", 64, 100 << 20);
         let max_batch_events = r.int::<usize>("MAX_BATCH_EVENTS", 1, 1_000_000);
-        let request_timeout = r.duration(
-            "REQUEST_TIMEOUT",
-            Duration::from_millis(100),
-            Duration::from_secs(600),
-        );
-        let drain_delay = r.duration(
-            "SHUTDOWN_DRAIN_DELAY",
-            Duration::ZERO,
-            Duration::from_secs(600),
-        );
-        let shutdown_timeout = r.duration(
-            "SHUTDOWN_TIMEOUT",
-            Duration::from_secs(1),
-            Duration::from_secs(3600),
-        );
+        let request_timeout = r.duration("REQUEST_TIMEOUT", Duration::from_millis(100), Duration::from_secs(600));
+        let drain_delay = r.duration("SHUTDOWN_DRAIN_DELAY", Duration::ZERO, Duration::from_secs(600));
+        let shutdown_timeout = r.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(1), Duration::from_secs(3600));
         for (name, value) in &properties {
             if name == "bootstrap.servers" {
-                r.reject(
-                    &format!("{KAFKA_PROPERTY_PREFIX}BOOTSTRAP_SERVERS"),
-                    value,
-                    "KAFKA_BROKERS instead",
-                );
+                r.reject(&format!("{KAFKA_PROPERTY_PREFIX}BOOTSTRAP_SERVERS"), value, "KAFKA_BROKERS instead");
             }
         }
 
@@ -496,14 +461,8 @@ impl Settings {
                     max_event_bytes: max_event_bytes?,
                     max_batch_events: max_batch_events?,
                 },
-                rate_limit: RateLimitSettings {
-                    rps: rps?,
-                    burst: burst?,
-                },
-                shutdown: ShutdownSettings {
-                    drain_delay: drain_delay?,
-                    timeout: shutdown_timeout?,
-                },
+                rate_limit: RateLimitSettings { rps: rps?, burst: burst? },
+                shutdown: ShutdownSettings { drain_delay: drain_delay?, timeout: shutdown_timeout? },
             })
         })();
         Ok(settings.expect("no errors means every value parsed"))
@@ -517,12 +476,7 @@ impl Settings {
 
     /// Settings for tests and embedding: the defaults, with `overrides` applied like environment variables.
     pub fn with_overrides(overrides: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
-        Settings::load(
-            overrides
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-            None,
-        )
+        Settings::load(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())), None)
     }
 }
 
@@ -530,11 +484,7 @@ impl Settings {
 /// splits off its librdkafka property table.
 fn read_file(path: &Path) -> Result<(Config, BTreeMap<String, String>), Invalid> {
     let name = path.display().to_string();
-    let bad = |accepts: String| Invalid {
-        name: CONFIG_FILE_ENV.into(),
-        value: name.clone(),
-        accepts,
-    };
+    let bad = |accepts: String| Invalid { name: CONFIG_FILE_ENV.into(), value: name.clone(), accepts };
     let format = match path.extension().and_then(|e| e.to_str()) {
         Some("yaml" | "yml") => FileFormat::Yaml,
         _ => FileFormat::Toml,
@@ -543,9 +493,7 @@ fn read_file(path: &Path) -> Result<(Config, BTreeMap<String, String>), Invalid>
         .add_source(File::from(path).format(format).required(true))
         .build()
         .map_err(|e| bad(format!("a readable TOML or YAML file ({e})")))?;
-    let table: Map<String, Value> = cfg
-        .try_deserialize()
-        .map_err(|e| bad(format!("a table of settings ({e})")))?;
+    let table: Map<String, Value> = cfg.try_deserialize().map_err(|e| bad(format!("a table of settings ({e})")))?;
     let mut unknown = Vec::new();
     let mut properties = BTreeMap::new();
     let mut settings = Map::new();
@@ -554,9 +502,8 @@ fn read_file(path: &Path) -> Result<(Config, BTreeMap<String, String>), Invalid>
             match value.kind {
                 ValueKind::Table(t) => {
                     for (k, v) in t {
-                        let v = v.into_string().map_err(|_| {
-                            bad(format!("string values in [{FILE_PROPERTIES_TABLE}]"))
-                        })?;
+                        let v =
+                            v.into_string().map_err(|_| bad(format!("string values in [{FILE_PROPERTIES_TABLE}]")))?;
                         properties.insert(k, v);
                     }
                 }
@@ -569,16 +516,11 @@ fn read_file(path: &Path) -> Result<(Config, BTreeMap<String, String>), Invalid>
         }
     }
     if !unknown.is_empty() {
-        return Err(bad(format!(
-            "only known settings; unknown key(s): {}",
-            unknown.join(", ")
-        )));
+        return Err(bad(format!("only known settings; unknown key(s): {}", unknown.join(", "))));
     }
     let mut builder = Config::builder();
     for (k, v) in settings {
-        builder = builder
-            .set_override(k, Value::from(v))
-            .map_err(|e| bad(e.to_string()))?;
+        builder = builder.set_override(k, v).map_err(|e| bad(e.to_string()))?;
     }
     let cfg = builder.build().map_err(|e| bad(e.to_string()))?;
     Ok((cfg, properties))
@@ -613,13 +555,8 @@ mod tests {
         ])
         .unwrap_err();
         let names: Vec<_> = err.0.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(
-            names,
-            ["HTTP_PORT", "KAFKA_RETRY_BACKOFF", "QUEUE_SIZE", "ACK_MODE"]
-        );
-        assert!(err
-            .to_string()
-            .contains("HTTP_PORT=\"eighty\": expected a TCP port"));
+        assert_eq!(names, ["HTTP_PORT", "KAFKA_RETRY_BACKOFF", "QUEUE_SIZE", "ACK_MODE"]);
+        assert!(err.to_string().contains("HTTP_PORT=\"eighty\": expected a TCP port"));
     }
 
     #[test]
@@ -640,9 +577,12 @@ mod tests {
     fn file_then_env_and_unknown_file_keys_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ingestor.toml");
-        std::fs::write(&path, "queue_size = 50\nkafka_topic = \"from-file\"\n[kafka_properties]\n\"client.id\" = \"x\"\n").unwrap();
-        let s =
-            Settings::load([("QUEUE_SIZE".to_string(), "70".to_string())], Some(&path)).unwrap();
+        std::fs::write(
+            &path,
+            "queue_size = 50\nkafka_topic = \"from-file\"\n[kafka_properties]\n\"client.id\" = \"x\"\n",
+        )
+        .unwrap();
+        let s = Settings::load([("QUEUE_SIZE".to_string(), "70".to_string())], Some(&path)).unwrap();
         assert_eq!(s.ingest.queue_size, 70);
         assert_eq!(s.kafka.topic, "from-file");
         assert_eq!(s.kafka.properties["client.id"], "x");

@@ -32,10 +32,7 @@ use crate::telemetry::{Metrics, QueueGauge};
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot start the embedded Kafka cluster: {0}")]
     Embedded(String),
     #[error("cannot create the Kafka producer: {0}")]
@@ -46,7 +43,7 @@ pub enum StartError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
     /// Events accepted but neither published nor dead-lettered when the budget ran out.
-    pub undelivered: i64,
+    pub undelivered: usize,
     pub forced: bool,
 }
 
@@ -69,9 +66,8 @@ impl Application {
     pub async fn build(settings: Settings, shutdown: Shutdown) -> Result<Self, StartError> {
         let embedded = match settings.kafka.brokers {
             Brokers::Embedded => {
-                let cluster =
-                    EmbeddedKafka::start(&[&settings.kafka.topic, &settings.kafka.dlq_topic], 3)
-                        .map_err(StartError::Embedded)?;
+                let cluster = EmbeddedKafka::start(&[&settings.kafka.topic, &settings.kafka.dlq_topic], 3)
+                    .map_err(StartError::Embedded)?;
                 tracing::warn!(
                     bootstrap_servers = cluster.bootstrap_servers(),
                     topics = ?[&settings.kafka.topic, &settings.kafka.dlq_topic],
@@ -90,39 +86,21 @@ impl Application {
 
         let queue_gauge = Arc::new(QueueGauge::new(settings.ingest.queue_size));
         let metrics = Metrics::new(queue_gauge.clone());
-        let (publisher, failures) = Publisher::new(
-            &settings.kafka,
-            &bootstrap,
-            settings.ingest.queue_size,
-            metrics.clone(),
-        )?;
+        let (publisher, failures) =
+            Publisher::new(&settings.kafka, &bootstrap, settings.ingest.queue_size, metrics.clone())?;
         let failures_task = tokio::spawn(publisher.clone().run_failures(failures));
 
         let bind = |port: u16| SocketAddr::new(settings.http.bind, port);
-        let main_listener =
-            TcpListener::bind(bind(settings.http.port))
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: bind(settings.http.port),
-                    source,
-                })?;
+        let main_listener = TcpListener::bind(bind(settings.http.port))
+            .await
+            .map_err(|source| StartError::Bind { addr: bind(settings.http.port), source })?;
         let admin_listener = TcpListener::bind(bind(settings.http.admin_port))
             .await
-            .map_err(|source| StartError::Bind {
-                addr: bind(settings.http.admin_port),
-                source,
-            })?;
+            .map_err(|source| StartError::Bind { addr: bind(settings.http.admin_port), source })?;
 
-        let (queue, workers) = IngestQueue::start(
-            settings.ingest.worker_pool_size,
-            publisher.clone(),
-            metrics.clone(),
-        );
-        let readiness = Arc::new(Readiness::new(
-            settings.kafka.unreachable_window,
-            queue_gauge,
-            settings.ingest.queue_high_water,
-        ));
+        let (queue, workers) = IngestQueue::start(settings.ingest.worker_pool_size, publisher.clone(), metrics.clone());
+        let readiness =
+            Arc::new(Readiness::new(settings.kafka.unreachable_window, queue_gauge, settings.ingest.queue_high_water));
         let health_stop = CancellationToken::new();
         tokio::spawn(kafka::health::monitor(
             publisher.clone(),
@@ -158,15 +136,11 @@ impl Application {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.main_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.main_listener.local_addr().expect("bound listener has an address")
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.admin_listener.local_addr().expect("bound listener has an address")
     }
 
     /// The broker list the producer uses (the mock cluster's address in embedded mode).
@@ -199,8 +173,8 @@ impl Application {
         let admin_addr = admin_listener.local_addr()?;
 
         let main_stop = CancellationToken::new();
-        let main_app = http::ingest_router(state.clone(), &settings)
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let main_app =
+            http::ingest_router(state.clone(), &settings).into_make_service_with_connect_info::<SocketAddr>();
         let mut main_server = tokio::spawn(
             axum::serve(main_listener, main_app)
                 .with_graceful_shutdown(main_stop.clone().cancelled_owned())
@@ -251,10 +225,7 @@ impl Application {
             _ = shutdown.forced() => {}
             _ = async { while workers.join_next().await.is_some() {} } => {}
         }
-        tracing::info!(
-            elapsed_ms = step.elapsed().as_millis() as u64,
-            "ingest queue drained into the producer"
-        );
+        tracing::info!(elapsed_ms = step.elapsed().as_millis() as u64, "ingest queue drained into the producer");
 
         let step = Instant::now();
         tokio::select! {
@@ -263,47 +234,29 @@ impl Application {
             _ = async { while state.metrics.pending() > 0 { tokio::time::sleep(Duration::from_millis(5)).await } } => {}
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let flush_budget = if shutdown.is_forced() {
-            Duration::ZERO
-        } else {
-            remaining
-        };
+        let flush_budget = if shutdown.is_forced() { Duration::ZERO } else { remaining };
         let p = publisher.clone();
         let _ = tokio::task::spawn_blocking(move || p.flush(flush_budget)).await;
-        tracing::info!(
-            elapsed_ms = step.elapsed().as_millis() as u64,
-            "producer flushed"
-        );
+        tracing::info!(elapsed_ms = step.elapsed().as_millis() as u64, "producer flushed");
 
         workers.abort_all();
         failures_task.abort();
         health_stop.cancel();
-        let undelivered = state.metrics.pending().max(0);
+        let undelivered = state.metrics.pending();
         if undelivered > 0 {
             // Whatever librdkafka still holds is purged and counted; what sat elsewhere (a retry waiting
             // out its backoff, a job a forced stop left in the queue) is counted here.
             let p = publisher.clone();
             let _ = tokio::task::spawn_blocking(move || p.abandon()).await;
-            let rest = state.metrics.pending().max(0);
-            state.metrics.lost(rest as u64);
-            tracing::error!(
-                undelivered,
-                "events accepted but not delivered when the shutdown budget ran out"
-            );
+            state.metrics.lost(state.metrics.pending());
+            tracing::error!(undelivered, "events accepted but not delivered when the shutdown budget ran out");
         }
         admin_stop.cancel();
         let _ = admin_server.await;
         drop(publisher);
         drop(embedded);
-        let report = ShutdownReport {
-            undelivered,
-            forced: shutdown.is_forced(),
-        };
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            ?report,
-            "shutdown complete"
-        );
+        let report = ShutdownReport { undelivered, forced: shutdown.is_forced() };
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, ?report, "shutdown complete");
         Ok(report)
     }
 }

@@ -72,16 +72,9 @@ impl Readiness {
         let draining = self.is_draining();
         let ok_at = self.kafka_ok_at.load(Ordering::Acquire);
         let kafka = if ok_at == 0 {
-            Check {
-                name: "kafka",
-                ok: false,
-                detail: "metadata not fetched yet".into(),
-            }
+            Check { name: "kafka", ok: false, detail: "metadata not fetched yet".into() }
         } else {
-            let age = self
-                .origin
-                .elapsed()
-                .saturating_sub(Duration::from_millis(ok_at - 1));
+            let age = self.origin.elapsed().saturating_sub(Duration::from_millis(ok_at - 1));
             Check {
                 name: "kafka",
                 ok: age <= self.unreachable_window,
@@ -90,25 +83,14 @@ impl Readiness {
         };
         let utilization = self.queue.utilization();
         vec![
-            Check {
-                name: "started",
-                ok: started,
-                detail: if started { "listening" } else { "starting" }.into(),
-            },
+            Check { name: "started", ok: started, detail: if started { "listening" } else { "starting" }.into() },
             kafka,
             Check {
                 name: "queue",
                 ok: utilization < self.high_water,
-                detail: format!(
-                    "utilization {utilization:.3} (high-water {})",
-                    self.high_water
-                ),
+                detail: format!("utilization {utilization:.3} (high-water {})", self.high_water),
             },
-            Check {
-                name: "draining",
-                ok: !draining,
-                detail: if draining { "shutting down" } else { "no" }.into(),
-            },
+            Check { name: "draining", ok: !draining, detail: if draining { "shutting down" } else { "no" }.into() },
         ]
     }
 
@@ -169,10 +151,7 @@ pub fn listen_for_signals(shutdown: Shutdown) -> std::io::Result<()> {
                 tracing::info!(signal = name, "shutdown signal received; draining");
                 shutdown.begin();
             } else {
-                tracing::warn!(
-                    signal = name,
-                    "second shutdown signal; skipping the remaining waits"
-                );
+                tracing::warn!(signal = name, "second shutdown signal; skipping the remaining waits");
                 shutdown.force();
                 return;
             }

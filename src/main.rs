@@ -17,10 +17,7 @@ Configuration comes from defaults, then the optional TOML/YAML file (--config or
 environment variables. librdkafka properties pass through as KAFKA_PROPERTY_<NAME> (dots as underscores).";
 
 enum Command {
-    Run {
-        embedded: bool,
-        config: Option<PathBuf>,
-    },
+    Run { embedded: bool, config: Option<PathBuf> },
     Describe,
     Help,
     Version,
@@ -36,11 +33,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Command, String> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--embedded-kafka" => embedded = true,
-            "--config" => {
-                config = Some(PathBuf::from(
-                    args.next().ok_or("--config needs a file path")?,
-                ))
-            }
+            "--config" => config = Some(PathBuf::from(args.next().ok_or("--config needs a file path")?)),
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             other => return Err(format!("unknown argument {other:?}")),
@@ -88,10 +81,7 @@ fn main() -> ExitCode {
     telemetry::init_logging(&settings.log_level);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = ?settings, "starting event-ingestor");
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -101,9 +91,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let shutdown = Shutdown::new();
         listen_for_signals(shutdown.clone()).map_err(|e| e.to_string())?;
-        let app = Application::build(settings, shutdown)
-            .await
-            .map_err(|e| e.to_string())?;
+        let app = Application::build(settings, shutdown).await.map_err(|e| e.to_string())?;
         app.run_until_stopped().await.map_err(|e| e.to_string())
     });
     match result {

@@ -21,13 +21,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            detail: detail.into(),
-            retry_after_secs: None,
-            extensions: Map::new(),
-        }
+        Self { status, code, detail: detail.into(), retry_after_secs: None, extensions: Map::new() }
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -38,11 +32,7 @@ impl ApiError {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, detail)
     }
 
-    pub fn unavailable(
-        code: &'static str,
-        detail: impl Into<String>,
-        retry_after_secs: u64,
-    ) -> Self {
+    pub fn unavailable(code: &'static str, detail: impl Into<String>, retry_after_secs: u64) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail).retry_after(retry_after_secs)
     }
 
@@ -51,27 +41,15 @@ impl ApiError {
     }
 
     pub fn method_not_allowed() -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "this route does not take that method",
-        )
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
     }
 
     pub fn request_timeout() -> Self {
-        Self::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request took longer than REQUEST_TIMEOUT",
-        )
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took longer than REQUEST_TIMEOUT")
     }
 
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "an internal error occurred; it has been logged",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "an internal error occurred; it has been logged")
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {
@@ -97,14 +75,8 @@ impl ApiError {
     /// The problem document as JSON.
     pub fn body(&self) -> Value {
         let mut doc = Map::new();
-        doc.insert(
-            "type".into(),
-            Value::from(format!("urn:event-ingestor:problem:{}", self.code)),
-        );
-        doc.insert(
-            "title".into(),
-            Value::from(self.status.canonical_reason().unwrap_or("Error")),
-        );
+        doc.insert("type".into(), Value::from(format!("urn:event-ingestor:problem:{}", self.code)));
+        doc.insert("title".into(), Value::from(self.status.canonical_reason().unwrap_or("Error")));
         doc.insert("status".into(), Value::from(self.status.as_u16()));
         doc.insert("code".into(), Value::from(self.code));
         doc.insert("detail".into(), Value::from(self.detail.clone()));

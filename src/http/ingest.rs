@@ -43,18 +43,13 @@ fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
     let Some(ct) = headers.get(header::CONTENT_TYPE) else {
         return Ok(Framing::Json);
     };
-    let mime = ct
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match mime.as_str() {
         // `curl -d` sends form-urlencoded and the Go service read any body as JSON: keep both working.
         "" | "application/json" | "application/x-www-form-urlencoded" | "text/plain" => Ok(Framing::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines" => Ok(Framing::Ndjson),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines" => {
+            Ok(Framing::Ndjson)
+        }
         other => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -72,8 +67,7 @@ fn ack_mode(uri: &Uri, default: AckMode) -> Result<AckMode, ApiError> {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name == "ack" {
             return AckMode::parse(value).ok_or_else(|| {
-                ApiError::bad_request("invalid_query", "`ack` must be `queued` or `kafka`")
-                    .with("field", "ack")
+                ApiError::bad_request("invalid_query", "`ack` must be `queued` or `kafka`").with("field", "ack")
             });
         }
     }
@@ -81,21 +75,11 @@ fn ack_mode(uri: &Uri, default: AckMode) -> Result<AckMode, ApiError> {
 }
 
 /// Reads the whole body, refusing early when it is (or announces itself as) larger than `limit`.
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<axum::body::Bytes, ApiError> {
-    let too_large = || {
-        ApiError::too_large(
-            "body_too_large",
-            format!("the request body exceeds {limit} bytes (MAX_BODY_BYTES)"),
-        )
-    };
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+    let too_large =
+        || ApiError::too_large("body_too_large", format!("the request body exceeds {limit} bytes (MAX_BODY_BYTES)"));
+    let announced =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -107,10 +91,7 @@ async fn read_body(
             }
             source = err.source();
         }
-        ApiError::bad_request(
-            "body_read_failed",
-            format!("the request body could not be read: {e}"),
-        )
+        ApiError::bad_request("body_read_failed", format!("the request body could not be read: {e}"))
     })
 }
 
@@ -137,15 +118,7 @@ impl ItemResult {
         if let Some(field) = err.field {
             error["field"] = Value::from(field);
         }
-        ItemResult {
-            index,
-            line,
-            id: None,
-            status: "rejected",
-            partition: None,
-            offset: None,
-            error: Some(error),
-        }
+        ItemResult { index, line, id: None, status: "rejected", partition: None, offset: None, error: Some(error) }
     }
 }
 
@@ -160,16 +133,10 @@ fn split_items<'a>(text: &'a str, framing: Framing) -> Result<Items<'a>, ApiErro
         Framing::Json => {
             let trimmed = text.trim_start();
             if trimmed.starts_with('[') {
-                let items: Vec<&RawValue> =
-                    serde_json::from_str(text).map_err(|e| malformed(&e, None))?;
-                Ok(Items::Batch(
-                    items.into_iter().map(|raw| (raw.get(), None)).collect(),
-                ))
+                let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| malformed(&e, None))?;
+                Ok(Items::Batch(items.into_iter().map(|raw| (raw.get(), None)).collect()))
             } else if trimmed.is_empty() {
-                Err(ApiError::bad_request(
-                    "empty_body",
-                    "the request body is empty",
-                ))
+                Err(ApiError::bad_request("empty_body", "the request body is empty"))
             } else {
                 Ok(Items::Single(text))
             }
@@ -203,10 +170,7 @@ pub async fn post_events(
     let framing = framing(&headers)?;
     let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_utf8",
-            format!("the body is not valid UTF-8 (at byte {})", e.valid_up_to()),
-        )
+        ApiError::bad_request("invalid_utf8", format!("the body is not valid UTF-8 (at byte {})", e.valid_up_to()))
     })?;
     check_depth(text.as_bytes(), state.limits.max_depth).map_err(|e| ApiError::from_event(&e))?;
 
@@ -235,11 +199,7 @@ pub async fn post_events(
             let id = record.id.clone();
             let acks = enqueue(&state, vec![record], mode, received_at)?;
             match acks {
-                None => Ok((
-                    StatusCode::ACCEPTED,
-                    Json(json!({"status": "accepted", "id": id})),
-                )
-                    .into_response()),
+                None => Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted", "id": id}))).into_response()),
                 Some(batch) => {
                     let outcomes = wait_for_acks(&state, &batch).await;
                     match outcomes.into_iter().next().flatten() {
@@ -266,10 +226,7 @@ async fn ingest_batch(
     received_at: Instant,
 ) -> Result<Response, ApiError> {
     if items.is_empty() {
-        return Err(ApiError::bad_request(
-            "empty_batch",
-            "the batch holds no events",
-        ));
+        return Err(ApiError::bad_request("empty_batch", "the batch holds no events"));
     }
     if items.len() > state.limits.max_batch_events {
         return Err(ApiError::too_large(
@@ -323,14 +280,8 @@ async fn ingest_batch(
     }
     let rejected = results.len() - records.len();
     if records.is_empty() {
-        return Err(ApiError::bad_request(
-            "all_events_rejected",
-            "no event of the batch is valid; see `results`",
-        )
-        .with(
-            "results",
-            serde_json::to_value(&results).unwrap_or_default(),
-        ));
+        return Err(ApiError::bad_request("all_events_rejected", "no event of the batch is valid; see `results`")
+            .with("results", serde_json::to_value(&results).unwrap_or_default()));
     }
     let accepted_count = records.len();
     if let Some(batch) = enqueue(state, records, mode, received_at)? {
@@ -348,9 +299,8 @@ async fn ingest_batch(
                 }
                 Some(DeliveryOutcome::Failed { code, message }) => {
                     item.status = "failed";
-                    item.error = Some(
-                        json!({"code": "kafka_delivery_failed", "message": format!("{code}: {message}")}),
-                    );
+                    item.error =
+                        Some(json!({"code": "kafka_delivery_failed", "message": format!("{code}: {message}")}));
                     first_failure.get_or_insert_with(|| delivery_failed(&code, &message));
                 }
                 None => {
@@ -365,25 +315,14 @@ async fn ingest_batch(
         let failed = accepted_count - delivered;
         if delivered == 0 {
             let err = first_failure.unwrap_or_else(ack_timeout);
-            return Err(err.with(
-                "results",
-                serde_json::to_value(&results).unwrap_or_default(),
-            ));
+            return Err(err.with("results", serde_json::to_value(&results).unwrap_or_default()));
         }
-        let status = if failed + rejected == 0 {
-            StatusCode::OK
-        } else {
-            StatusCode::MULTI_STATUS
-        };
+        let status = if failed + rejected == 0 { StatusCode::OK } else { StatusCode::MULTI_STATUS };
         let body = json!({"status": if status == StatusCode::OK { "published" } else { "partial" },
             "published": delivered, "failed": failed, "rejected": rejected, "results": results});
         return Ok((status, Json(body)).into_response());
     }
-    let status = if rejected == 0 {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::MULTI_STATUS
-    };
+    let status = if rejected == 0 { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
     let body = json!({"status": if rejected == 0 { "accepted" } else { "partial" },
         "accepted": accepted_count, "rejected": rejected, "results": results});
     Ok((status, Json(body)).into_response())
@@ -402,28 +341,18 @@ fn enqueue(
         Ok(()) => Ok(acks),
         Err(QueueError::Full { retry_after_secs }) => {
             state.metrics.rejected("queue_full", n);
-            Err(ApiError::unavailable(
-                "queue_full",
-                "the ingest queue is full; retry later",
-                retry_after_secs,
-            ))
+            Err(ApiError::unavailable("queue_full", "the ingest queue is full; retry later", retry_after_secs))
         }
         Err(QueueError::TooLarge { capacity }) => {
             state.metrics.rejected("batch_too_large", n);
             Err(ApiError::too_large(
                 "batch_too_large",
-                format!(
-                    "the batch holds {n} events; the queue holds at most {capacity} (QUEUE_SIZE)"
-                ),
+                format!("the batch holds {n} events; the queue holds at most {capacity} (QUEUE_SIZE)"),
             ))
         }
         Err(QueueError::Closed) => {
             state.metrics.rejected("draining", n);
-            Err(ApiError::unavailable(
-                "draining",
-                "the service is shutting down; retry on another instance",
-                1,
-            ))
+            Err(ApiError::unavailable("draining", "the service is shutting down; retry on another instance", 1))
         }
     }
 }
@@ -435,11 +364,7 @@ async fn wait_for_acks(state: &AppState, batch: &Arc<AckBatch>) -> Vec<Option<De
 }
 
 fn delivery_failed(code: &str, message: &str) -> ApiError {
-    ApiError::unavailable(
-        "kafka_delivery_failed",
-        format!("Kafka did not take the event: {code}: {message}"),
-        1,
-    )
+    ApiError::unavailable("kafka_delivery_failed", format!("Kafka did not take the event: {code}: {message}"), 1)
 }
 
 fn ack_timeout() -> ApiError {

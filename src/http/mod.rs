@@ -19,7 +19,7 @@ use tower_governor::key_extractor::GlobalKeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
 
@@ -70,8 +70,7 @@ impl IngestLimits {
 /// The ingest router wrapped in its middleware stack.
 pub fn ingest_router(state: AppState, settings: &Settings) -> Router {
     let governor = (settings.rate_limit.rps > 0).then(|| {
-        let period =
-            Duration::from_nanos((1_000_000_000u64 / u64::from(settings.rate_limit.rps)).max(1));
+        let period = Duration::from_nanos((1_000_000_000u64 / u64::from(settings.rate_limit.rps)).max(1));
         let config = GovernorConfigBuilder::default()
             .period(period)
             .burst_size(settings.rate_limit.burst)
@@ -85,10 +84,15 @@ pub fn ingest_router(state: AppState, settings: &Settings) -> Router {
         // Request id first, so every later layer and log line can carry it; echoed to the client.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // One span per request with method, route and request id; completion logged at debug.
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
-            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
+        // Rejections are routine (a full queue, a bad event): logged at debug, never at error.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+                    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                })
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .layer(PropagateRequestIdLayer::x_request_id())
         // Count and time every answer, including the ones produced by the layers below.
         .layer(middleware::from_fn_with_state(state.metrics.clone(), record_http))
@@ -130,11 +134,7 @@ fn rate_limited(err: GovernorError) -> Response {
 
 async fn record_http(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = match req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str)
-    {
+    let route = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
         Some(EVENTS_PATH) => EVENTS_PATH,
         Some(HEALTH_PATH) => HEALTH_PATH,
         _ => "unmatched",

@@ -28,19 +28,11 @@ pub struct EventError {
 
 impl EventError {
     fn field(code: &'static str, field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            field: Some(field),
-            message: message.into(),
-        }
+        Self { code, field: Some(field), message: message.into() }
     }
 
     pub fn malformed(err: &serde_json::Error) -> Self {
-        Self {
-            code: "malformed_json",
-            field: None,
-            message: err.to_string(),
-        }
+        Self { code: "malformed_json", field: None, message: err.to_string() }
     }
 }
 
@@ -94,30 +86,17 @@ pub struct EventLimits {
 
 impl Default for EventLimits {
     fn default() -> Self {
-        Self {
-            max_headers: 64,
-            max_header_bytes: 16 * 1024,
-        }
+        Self { max_headers: 64, max_header_bytes: 16 * 1024 }
     }
 }
 
 /// Parses and validates one event from its JSON text. `now` fills a missing timestamp so that every
 /// event of one request carries the same receive time.
-pub fn parse_event(
-    json: &str,
-    now: OffsetDateTime,
-    limits: &EventLimits,
-) -> Result<Event, EventError> {
+pub fn parse_event(json: &str, now: OffsetDateTime, limits: &EventLimits) -> Result<Event, EventError> {
     let wire: Wire<'_> = serde_json::from_str(json).map_err(|e| classify_wire_error(&e, json))?;
 
     let event_type = match wire.event_type {
-        None => {
-            return Err(EventError::field(
-                "missing_field",
-                "type",
-                "`type` is required",
-            ))
-        }
+        None => return Err(EventError::field("missing_field", "type", "`type` is required")),
         Some(raw) => name_field(raw, "type")?,
     };
     let id = match wire.id {
@@ -129,18 +108,10 @@ pub fn parse_event(
         None => now,
         Some(raw) => {
             let text: String = serde_json::from_str(raw.get()).map_err(|_| {
-                EventError::field(
-                    "invalid_field",
-                    "timestamp",
-                    "`timestamp` must be an RFC 3339 string",
-                )
+                EventError::field("invalid_field", "timestamp", "`timestamp` must be an RFC 3339 string")
             })?;
             OffsetDateTime::parse(&text, &Rfc3339).map_err(|e| {
-                EventError::field(
-                    "invalid_field",
-                    "timestamp",
-                    format!("`timestamp` is not RFC 3339: {e}"),
-                )
+                EventError::field("invalid_field", "timestamp", format!("`timestamp` is not RFC 3339: {e}"))
             })?
         }
     };
@@ -149,23 +120,10 @@ pub fn parse_event(
         Some(raw) => parse_headers(raw, limits)?,
     };
     let payload = match wire.payload {
-        None => {
-            return Err(EventError::field(
-                "missing_field",
-                "payload",
-                "`payload` is required",
-            ))
-        }
+        None => return Err(EventError::field("missing_field", "payload", "`payload` is required")),
         Some(raw) => raw.to_owned(),
     };
-    Ok(Event {
-        id,
-        event_type,
-        timestamp,
-        key,
-        headers,
-        payload,
-    })
+    Ok(Event { id, event_type, timestamp, key, headers, payload })
 }
 
 /// serde's messages for a wrong shape do not say which field; the top-level ones we can name.
@@ -175,17 +133,9 @@ fn classify_wire_error(err: &serde_json::Error, json: &str) -> EventError {
         Category::Data => {
             let msg = err.to_string();
             if msg.starts_with("unknown field") {
-                EventError {
-                    code: "unknown_field",
-                    field: None,
-                    message: msg,
-                }
+                EventError { code: "unknown_field", field: None, message: msg }
             } else if json.trim_start().starts_with('{') {
-                EventError {
-                    code: "invalid_event",
-                    field: None,
-                    message: msg,
-                }
+                EventError { code: "invalid_event", field: None, message: msg }
             } else {
                 EventError {
                     code: "invalid_event",
@@ -199,19 +149,10 @@ fn classify_wire_error(err: &serde_json::Error, json: &str) -> EventError {
 }
 
 fn name_field(raw: &RawValue, field: &'static str) -> Result<String, EventError> {
-    let value: String = serde_json::from_str(raw.get()).map_err(|_| {
-        EventError::field(
-            "invalid_field",
-            field,
-            format!("`{field}` must be a string"),
-        )
-    })?;
+    let value: String = serde_json::from_str(raw.get())
+        .map_err(|_| EventError::field("invalid_field", field, format!("`{field}` must be a string")))?;
     if value.is_empty() {
-        return Err(EventError::field(
-            "invalid_field",
-            field,
-            format!("`{field}` must not be empty"),
-        ));
+        return Err(EventError::field("invalid_field", field, format!("`{field}` must not be empty")));
     }
     if value.chars().count() > MAX_NAME_LEN {
         return Err(EventError::field(
@@ -226,32 +167,17 @@ fn name_field(raw: &RawValue, field: &'static str) -> Result<String, EventError>
 /// Header names reserved for the record headers the gateway writes itself.
 fn reserved_header(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    lower.starts_with("ce_")
-        || lower == "content-type"
-        || lower == "traceparent"
-        || lower == "tracestate"
+    lower.starts_with("ce_") || lower == "content-type" || lower == "traceparent" || lower == "tracestate"
 }
 
-fn parse_headers(
-    raw: &RawValue,
-    limits: &EventLimits,
-) -> Result<BTreeMap<String, String>, EventError> {
-    let headers: BTreeMap<String, String> = serde_json::from_str(raw.get()).map_err(|_| {
-        EventError::field(
-            "invalid_field",
-            "headers",
-            "`headers` must be an object of string values",
-        )
-    })?;
+fn parse_headers(raw: &RawValue, limits: &EventLimits) -> Result<BTreeMap<String, String>, EventError> {
+    let headers: BTreeMap<String, String> = serde_json::from_str(raw.get())
+        .map_err(|_| EventError::field("invalid_field", "headers", "`headers` must be an object of string values"))?;
     if headers.len() > limits.max_headers {
         return Err(EventError::field(
             "too_many_headers",
             "headers",
-            format!(
-                "`headers` has {} entries; the limit is {}",
-                headers.len(),
-                limits.max_headers
-            ),
+            format!("`headers` has {} entries; the limit is {}", headers.len(), limits.max_headers),
         ));
     }
     let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -259,10 +185,7 @@ fn parse_headers(
         return Err(EventError::field(
             "headers_too_large",
             "headers",
-            format!(
-                "`headers` hold {bytes} bytes; the limit is {}",
-                limits.max_header_bytes
-            ),
+            format!("`headers` hold {bytes} bytes; the limit is {}", limits.max_header_bytes),
         ));
     }
     if let Some(name) = headers.keys().find(|k| k.is_empty() || reserved_header(k)) {
@@ -313,8 +236,7 @@ impl Event {
             payload: &self.payload,
         };
         let mut out = Vec::with_capacity(self.payload.get().len() + 160);
-        serde_json::to_writer(&mut out, &normalized)
-            .expect("serializing strings and raw JSON cannot fail");
+        serde_json::to_writer(&mut out, &normalized).expect("serializing strings and raw JSON cannot fail");
         out
     }
 
@@ -377,8 +299,7 @@ mod tests {
         assert_eq!(uuid::Uuid::parse_str(&e.id).unwrap().get_version_num(), 7);
         assert_eq!(e.timestamp, now());
         assert_eq!(e.partition_key(), e.id);
-        let v: serde_json::Value =
-            serde_json::from_slice(&e.to_json(&e.timestamp_rfc3339())).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json(&e.timestamp_rfc3339())).unwrap();
         assert_eq!(v["payload"]["user_id"], 123);
         assert_eq!(v["timestamp"], "2023-11-14T22:13:20Z");
         assert!(v.get("key").is_none());
@@ -403,32 +324,12 @@ mod tests {
             (r#"{"payload":1}"#, "missing_field", Some("type")),
             (r#"{"type":"t"}"#, "missing_field", Some("payload")),
             (r#"{"type":5,"payload":1}"#, "invalid_field", Some("type")),
-            (
-                r#"{"type":"t","id":null,"payload":1}"#,
-                "invalid_field",
-                Some("id"),
-            ),
+            (r#"{"type":"t","id":null,"payload":1}"#, "invalid_field", Some("id")),
             (r#"{"type":"","payload":1}"#, "invalid_field", Some("type")),
-            (
-                r#"{"type":"t","timestamp":"yesterday","payload":1}"#,
-                "invalid_field",
-                Some("timestamp"),
-            ),
-            (
-                r#"{"type":"t","headers":{"a":1},"payload":1}"#,
-                "invalid_field",
-                Some("headers"),
-            ),
-            (
-                r#"{"type":"t","headers":{"ce_id":"x"},"payload":1}"#,
-                "invalid_field",
-                Some("headers"),
-            ),
-            (
-                r#"{"type":"t","payload":1,"extra":2}"#,
-                "unknown_field",
-                None,
-            ),
+            (r#"{"type":"t","timestamp":"yesterday","payload":1}"#, "invalid_field", Some("timestamp")),
+            (r#"{"type":"t","headers":{"a":1},"payload":1}"#, "invalid_field", Some("headers")),
+            (r#"{"type":"t","headers":{"ce_id":"x"},"payload":1}"#, "invalid_field", Some("headers")),
+            (r#"{"type":"t","payload":1,"extra":2}"#, "unknown_field", None),
             (r#"{"type":"t","payload":"#, "malformed_json", None),
             ("42", "invalid_event", None),
         ];
@@ -442,9 +343,6 @@ mod tests {
     fn depth_check_skips_strings() {
         assert!(check_depth(br#"{"a":"[[[[[[[[[["}"#, 2).is_ok());
         assert!(check_depth(b"[[[1]]]", 3).is_ok());
-        assert_eq!(
-            check_depth(b"[[[[1]]]]", 3).unwrap_err().code,
-            "nesting_too_deep"
-        );
+        assert_eq!(check_depth(b"[[[[1]]]]", 3).unwrap_err().code, "nesting_too_deep");
     }
 }

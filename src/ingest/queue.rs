@@ -2,14 +2,13 @@
 //! the producer.
 //!
 //! A request's events travel as one job so that one worker sends them in order (per-key order within a
-//! request). Capacity is counted in events with a semaphore: a job holds its slots until its records are
-//! in librdkafka's hands.
+//! request). Capacity is counted in events (see `QueueGauge`): an event holds its slot until it is
+//! resolved, so a slow broker fills the queue and clients hear 503 instead of the process growing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use crate::kafka::delivery::{AckBatch, DeliveryTicket, Destination};
@@ -21,7 +20,6 @@ pub struct Job {
     records: Vec<OutboundRecord>,
     acks: Option<Arc<AckBatch>>,
     received_at: Instant,
-    _slots: OwnedSemaphorePermit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,41 +37,26 @@ pub enum QueueError {
 pub struct IngestQueue {
     tx: async_channel::Sender<Job>,
     metrics: Metrics,
-    /// Events handed to the producer, for the drain-rate estimate behind `Retry-After`.
-    dequeued: Arc<AtomicU64>,
     /// Recent drain rate in events/s (updated every second).
     drain_rate: Arc<AtomicU64>,
 }
 
 impl IngestQueue {
     /// Creates the queue (capacity from the metrics' queue gauge) and starts `workers` workers.
-    pub fn start(
-        workers: usize,
-        publisher: Arc<Publisher>,
-        metrics: Metrics,
-    ) -> (Self, JoinSet<()>) {
+    pub fn start(workers: usize, publisher: Arc<Publisher>, metrics: Metrics) -> (Self, JoinSet<()>) {
         let (tx, rx) = async_channel::unbounded::<Job>();
-        let dequeued = Arc::new(AtomicU64::new(0));
         let drain_rate = Arc::new(AtomicU64::new(0));
         let mut set = JoinSet::new();
         for _ in 0..workers {
             let rx = rx.clone();
             let publisher = publisher.clone();
-            let dequeued = dequeued.clone();
             set.spawn(async move {
                 while let Ok(job) = rx.recv().await {
-                    let n = job.records.len() as u64;
                     send_job(&publisher, job).await;
-                    dequeued.fetch_add(n, Ordering::Relaxed);
                 }
             });
         }
-        let queue = IngestQueue {
-            tx,
-            metrics,
-            dequeued,
-            drain_rate,
-        };
+        let queue = IngestQueue { tx, metrics, drain_rate };
         tokio::spawn(queue.clone().estimate_drain_rate());
         (queue, set)
     }
@@ -91,25 +74,15 @@ impl IngestQueue {
         let gauge = self.metrics.queue();
         let n = records.len();
         if n > gauge.capacity {
-            return Err(QueueError::TooLarge {
-                capacity: gauge.capacity,
-            });
+            return Err(QueueError::TooLarge { capacity: gauge.capacity });
         }
-        let slots = gauge
-            .slots
-            .clone()
-            .try_acquire_many_owned(n as u32)
-            .map_err(|_| QueueError::Full {
-                retry_after_secs: self.retry_after_secs(n),
-            })?;
-        self.tx
-            .try_send(Job {
-                records,
-                acks,
-                received_at,
-                _slots: slots,
-            })
-            .map_err(|_| QueueError::Closed)?;
+        if !gauge.try_take(n) {
+            return Err(QueueError::Full { retry_after_secs: self.retry_after_secs(n) });
+        }
+        if self.tx.try_send(Job { records, acks, received_at }).is_err() {
+            gauge.release(n);
+            return Err(QueueError::Closed);
+        }
         self.metrics.accepted(n);
         Ok(())
     }
@@ -128,7 +101,8 @@ impl IngestQueue {
     }
 
     async fn estimate_drain_rate(self) {
-        let mut last = self.dequeued.load(Ordering::Relaxed);
+        let gauge = self.metrics.queue().clone();
+        let mut last = gauge.resolved_total();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.tick().await;
         loop {
@@ -136,24 +110,18 @@ impl IngestQueue {
             if self.tx.is_closed() && self.tx.is_empty() {
                 return;
             }
-            let now = self.dequeued.load(Ordering::Relaxed);
+            let now = gauge.resolved_total();
             let rate = now - last;
             last = now;
             // Smooth a little so one idle second does not send clients away for a minute.
             let old = self.drain_rate.load(Ordering::Relaxed);
-            self.drain_rate
-                .store((old + 3 * rate) / 4, Ordering::Relaxed);
+            self.drain_rate.store((old + 3 * rate) / 4, Ordering::Relaxed);
         }
     }
 }
 
 async fn send_job(publisher: &Publisher, job: Job) {
-    let Job {
-        records,
-        acks,
-        received_at,
-        _slots,
-    } = job;
+    let Job { records, acks, received_at } = job;
     for (index, record) in records.into_iter().enumerate() {
         let ticket = Box::new(DeliveryTicket {
             id: record.id.clone(),

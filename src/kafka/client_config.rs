@@ -17,34 +17,19 @@ pub enum ClientRole {
 ///
 /// The operator's passthrough properties are applied last, so TLS/SASL and tuning can override anything
 /// here — except the delivery guarantees, which this service's promise depends on.
-pub fn client_config(
-    settings: &KafkaSettings,
-    bootstrap: &str,
-    role: ClientRole,
-    queue_size: usize,
-) -> ClientConfig {
+pub fn client_config(settings: &KafkaSettings, bootstrap: &str, role: ClientRole, queue_size: usize) -> ClientConfig {
     let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", bootstrap)
-        .set("client.id", "event-ingestor");
+    cfg.set("bootstrap.servers", bootstrap).set("client.id", "event-ingestor");
     if role == ClientRole::Producer {
         cfg.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", &settings.compression)
             .set("linger.ms", settings.linger.as_millis().to_string())
-            .set(
-                "message.timeout.ms",
-                settings.write_timeout.as_millis().to_string(),
-            )
-            .set(
-                "retry.backoff.ms",
-                settings.retry_backoff.as_millis().to_string(),
-            )
+            .set("message.timeout.ms", settings.write_timeout.as_millis().to_string())
+            .set("retry.backoff.ms", settings.retry_backoff.as_millis().to_string())
             // librdkafka's own buffer sits behind the ingest queue: large enough that it is never the
             // reason a worker waits while the broker keeps up.
-            .set(
-                "queue.buffering.max.messages",
-                (queue_size.saturating_mul(2)).max(100_000).to_string(),
-            )
+            .set("queue.buffering.max.messages", (queue_size.saturating_mul(2)).max(100_000).to_string())
             .set("queue.buffering.max.kbytes", "262144")
             .set("statistics.interval.ms", "0");
     }

@@ -34,9 +34,7 @@ impl AckBatch {
     }
 
     pub fn resolve(&self, index: usize, outcome: DeliveryOutcome) {
-        if self.outcomes[index].set(outcome).is_ok()
-            && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-        {
+        if self.outcomes[index].set(outcome).is_ok() && self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.done.notify_one();
         }
     }

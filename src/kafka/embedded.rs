@@ -22,10 +22,13 @@ enum Command {
     CreateTopic(String, i32),
 }
 
+/// A command for the cluster thread and where to send its result.
+type Request = (Command, std_mpsc::Sender<Result<(), String>>);
+
 /// A running in-process mock Kafka cluster. Dropping it stops the cluster.
 pub struct EmbeddedKafka {
     bootstrap: String,
-    commands: Option<std_mpsc::Sender<(Command, std_mpsc::Sender<Result<(), String>>)>>,
+    commands: Option<std_mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -33,8 +36,7 @@ impl EmbeddedKafka {
     /// Starts the cluster with `topics` created (`partitions` each).
     pub fn start(topics: &[&str], partitions: i32) -> Result<Self, String> {
         let (ready_tx, ready_rx) = std_mpsc::channel::<Result<String, String>>();
-        let (cmd_tx, cmd_rx) =
-            std_mpsc::channel::<(Command, std_mpsc::Sender<Result<(), String>>)>();
+        let (cmd_tx, cmd_rx) = std_mpsc::channel::<Request>();
         let topics: Vec<String> = topics.iter().map(|t| t.to_string()).collect();
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
@@ -56,9 +58,7 @@ impl EmbeddedKafka {
                 // Runs until the handle is dropped (the sender closes).
                 while let Ok((command, reply)) = cmd_rx.recv() {
                     let result = match command {
-                        Command::Rtt(rtt) => {
-                            (1..=BROKERS).try_for_each(|b| cluster.broker_round_trip_time(b, rtt))
-                        }
+                        Command::Rtt(rtt) => (1..=BROKERS).try_for_each(|b| cluster.broker_round_trip_time(b, rtt)),
                         Command::RequestErrors(api, errors) => {
                             cluster.request_errors(api, &errors);
                             Ok(())
@@ -75,14 +75,8 @@ impl EmbeddedKafka {
                 }
             })
             .map_err(|e| e.to_string())?;
-        let bootstrap = ready_rx
-            .recv()
-            .map_err(|_| "embedded kafka thread died".to_string())??;
-        Ok(Self {
-            bootstrap,
-            commands: Some(cmd_tx),
-            thread: Some(thread),
-        })
+        let bootstrap = ready_rx.recv().map_err(|_| "embedded kafka thread died".to_string())??;
+        Ok(Self { bootstrap, commands: Some(cmd_tx), thread: Some(thread) })
     }
 
     /// The mock cluster's bootstrap address: any Kafka client in this process can use it.
@@ -97,8 +91,7 @@ impl EmbeddedKafka {
             .ok_or("embedded kafka stopped")?
             .send((command, tx))
             .map_err(|_| "embedded kafka stopped".to_string())?;
-        rx.recv()
-            .map_err(|_| "embedded kafka stopped".to_string())?
+        rx.recv().map_err(|_| "embedded kafka stopped".to_string())?
     }
 
     /// Makes every broker answer `rtt` late (a slow broker).
@@ -107,11 +100,7 @@ impl EmbeddedKafka {
     }
 
     /// The next requests of `api` fail with `errors`, one error per request, in order.
-    pub fn push_request_errors(
-        &self,
-        api: RDKafkaApiKey,
-        errors: &[RDKafkaRespErr],
-    ) -> Result<(), String> {
+    pub fn push_request_errors(&self, api: RDKafkaApiKey, errors: &[RDKafkaRespErr]) -> Result<(), String> {
         self.call(Command::RequestErrors(api, errors.to_vec()))
     }
 
@@ -121,13 +110,7 @@ impl EmbeddedKafka {
 
     /// Takes every broker down (`up = false`) or brings them back.
     pub fn set_brokers_up(&self, up: bool) -> Result<(), String> {
-        (1..=BROKERS).try_for_each(|b| {
-            self.call(if up {
-                Command::BrokerUp(b)
-            } else {
-                Command::BrokerDown(b)
-            })
-        })
+        (1..=BROKERS).try_for_each(|b| self.call(if up { Command::BrokerUp(b) } else { Command::BrokerDown(b) }))
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), String> {

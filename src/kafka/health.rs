@@ -52,11 +52,7 @@ pub async fn monitor(
             }
         };
         was_ok = Some(ok);
-        let wait = if readiness.kafka_ever_reachable() {
-            refresh
-        } else {
-            Duration::from_millis(250)
-        };
+        let wait = if readiness.kafka_ever_reachable() { refresh } else { Duration::from_millis(250) };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}

@@ -56,10 +56,7 @@ impl DeliveryContext {
             if let Some((batch, index)) = &failure.ticket.ack {
                 batch.resolve(
                     *index,
-                    DeliveryOutcome::Failed {
-                        code: error_code(&failure.error),
-                        message: "shutting down".into(),
-                    },
+                    DeliveryOutcome::Failed { code: error_code(&failure.error), message: "shutting down".into() },
                 );
             }
             self.metrics.lost(1);
@@ -69,10 +66,7 @@ impl DeliveryContext {
             self.metrics.failed_and_reported();
             batch.resolve(
                 *index,
-                DeliveryOutcome::Failed {
-                    code: error_code(&failure.error),
-                    message: failure.error.to_string(),
-                },
+                DeliveryOutcome::Failed { code: error_code(&failure.error), message: failure.error.to_string() },
             );
             return;
         }
@@ -95,10 +89,7 @@ impl ProducerContext for DeliveryContext {
                     if let Some((batch, index)) = &ticket.ack {
                         batch.resolve(
                             *index,
-                            DeliveryOutcome::Delivered {
-                                partition: msg.partition(),
-                                offset: msg.offset(),
-                            },
+                            DeliveryOutcome::Delivered { partition: msg.partition(), offset: msg.offset() },
                         );
                     }
                 }
@@ -135,14 +126,9 @@ impl Publisher {
         metrics: Metrics,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<FailedDelivery>), KafkaError> {
         let (failures, rx) = mpsc::unbounded_channel();
-        let context = DeliveryContext {
-            metrics: metrics.clone(),
-            failures,
-            abandoning: AtomicBool::new(false),
-        };
+        let context = DeliveryContext { metrics: metrics.clone(), failures, abandoning: AtomicBool::new(false) };
         let producer: ThreadedProducer<DeliveryContext> =
-            client_config(settings, bootstrap, ClientRole::Producer, queue_size)
-                .create_with_context(context)?;
+            client_config(settings, bootstrap, ClientRole::Producer, queue_size).create_with_context(context)?;
         let publisher = Publisher {
             producer,
             dlq_topic: Arc::from(settings.dlq_topic.as_str()),
@@ -208,10 +194,7 @@ impl Publisher {
     }
 
     /// Retries or dead-letters each failed delivery until the channel closes (shutdown aborts it).
-    pub async fn run_failures(
-        self: Arc<Self>,
-        mut failures: mpsc::UnboundedReceiver<FailedDelivery>,
-    ) {
+    pub async fn run_failures(self: Arc<Self>, mut failures: mpsc::UnboundedReceiver<FailedDelivery>) {
         while let Some(mut failed) = failures.recv().await {
             match failed.ticket.destination {
                 Destination::DeadLetter => {
@@ -223,9 +206,7 @@ impl Publisher {
                     );
                     self.metrics.lost(1);
                 }
-                Destination::Primary
-                    if is_retriable(&failed.error) && failed.ticket.attempt <= self.max_retries =>
-                {
+                Destination::Primary if is_retriable(&failed.error) && failed.ticket.attempt <= self.max_retries => {
                     self.metrics.retried();
                     let shift = (failed.ticket.attempt - 1).min(8);
                     let delay = (self.retry_backoff * (1 << shift)).min(Duration::from_secs(30));
@@ -235,15 +216,7 @@ impl Publisher {
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         let f = failed;
-                        this.send_raw(
-                            &f.topic,
-                            f.key.as_deref(),
-                            &f.value,
-                            f.headers,
-                            f.timestamp_ms,
-                            f.ticket,
-                        )
-                        .await;
+                        this.send_raw(&f.topic, f.key.as_deref(), &f.value, f.headers, f.timestamp_ms, f.ticket).await;
                     });
                 }
                 Destination::Primary => {
@@ -270,34 +243,14 @@ impl Publisher {
         let headers = failed
             .headers
             .unwrap_or_default()
-            .insert(Header {
-                key: "x-error-code",
-                value: Some(code.as_bytes()),
-            })
-            .insert(Header {
-                key: "x-error-message",
-                value: Some(message.as_bytes()),
-            })
-            .insert(Header {
-                key: "x-original-topic",
-                value: Some(failed.topic.as_bytes()),
-            })
-            .insert(Header {
-                key: "x-attempts",
-                value: Some(attempts.as_bytes()),
-            });
+            .insert(Header { key: "x-error-code", value: Some(code.as_bytes()) })
+            .insert(Header { key: "x-error-message", value: Some(message.as_bytes()) })
+            .insert(Header { key: "x-original-topic", value: Some(failed.topic.as_bytes()) })
+            .insert(Header { key: "x-attempts", value: Some(attempts.as_bytes()) });
         let mut ticket = failed.ticket;
         ticket.destination = Destination::DeadLetter;
         let dlq = self.dlq_topic.clone();
-        self.send_raw(
-            &dlq,
-            failed.key.as_deref(),
-            &failed.value,
-            Some(headers),
-            failed.timestamp_ms,
-            ticket,
-        )
-        .await;
+        self.send_raw(&dlq, failed.key.as_deref(), &failed.value, Some(headers), failed.timestamp_ms, ticket).await;
     }
 
     /// Waits up to `timeout` for librdkafka to deliver everything it holds.
@@ -308,12 +261,8 @@ impl Publisher {
     /// Gives up on what librdkafka still holds (end of the shutdown budget): purges it and counts each
     /// purged event as lost. Blocking; call from a blocking context.
     pub fn abandon(&self) {
-        self.producer
-            .context()
-            .abandoning
-            .store(true, Ordering::Release);
-        self.producer
-            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        self.producer.context().abandoning.store(true, Ordering::Release);
+        self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         // Purged messages come back as delivery reports on the next poll.
         let _ = self.producer.flush(Duration::from_millis(500));
     }

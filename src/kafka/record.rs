@@ -23,31 +23,13 @@ impl OutboundRecord {
         let time = event.timestamp_rfc3339();
         let value = event.to_json(&time);
         let mut headers = OwnedHeaders::new_with_capacity(5 + event.headers.len())
-            .insert(Header {
-                key: "ce_id",
-                value: Some(event.id.as_bytes()),
-            })
-            .insert(Header {
-                key: "ce_type",
-                value: Some(event.event_type.as_bytes()),
-            })
-            .insert(Header {
-                key: "ce_time",
-                value: Some(time.as_bytes()),
-            })
-            .insert(Header {
-                key: "ce_specversion",
-                value: Some("1.0"),
-            })
-            .insert(Header {
-                key: "content-type",
-                value: Some("application/json"),
-            });
+            .insert(Header { key: "ce_id", value: Some(event.id.as_bytes()) })
+            .insert(Header { key: "ce_type", value: Some(event.event_type.as_bytes()) })
+            .insert(Header { key: "ce_time", value: Some(time.as_bytes()) })
+            .insert(Header { key: "ce_specversion", value: Some("1.0") })
+            .insert(Header { key: "content-type", value: Some("application/json") });
         for (name, value) in &event.headers {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
+            headers = headers.insert(Header { key: name, value: Some(value.as_bytes()) });
         }
         OutboundRecord {
             id: event.id.clone(),

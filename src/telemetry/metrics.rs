@@ -4,7 +4,7 @@
 //! `events_failed_total`, `ingest_queue_size`, `http_requests_total{status}`).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -34,25 +34,47 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
-/// What the queue exposes to the scrape: read at scrape time, so the hot path pays nothing for it.
+/// The bounded queue's capacity accounting, read at scrape time so the hot path pays nothing for it.
+///
+/// A slot is taken when an event is accepted and given back only when the event is resolved (published,
+/// dead-lettered, reported failed to a waiting caller, or lost). So the depth counts every event the
+/// service still owes to Kafka, wherever it sits: in the queue, in librdkafka, or waiting out a retry.
+/// That is what bounds memory, what 503s protect, and what autoscaling should follow.
 #[derive(Debug)]
 pub struct QueueGauge {
     pub capacity: usize,
-    /// Free slots of the bounded queue; depth is `capacity - available`.
-    pub slots: Arc<Semaphore>,
-    /// Events accepted but not yet resolved (published, dead-lettered or lost).
-    pub pending: AtomicI64,
+    slots: Semaphore,
+    /// Events resolved so far, for the drain-rate estimate behind `Retry-After`.
+    resolved: AtomicU64,
 }
 
 impl QueueGauge {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            slots: Arc::new(Semaphore::new(capacity)),
-            pending: AtomicI64::new(0),
+        Self { capacity, slots: Semaphore::new(capacity), resolved: AtomicU64::new(0) }
+    }
+
+    /// Takes `n` slots, or returns false without waiting.
+    pub fn try_take(&self, n: usize) -> bool {
+        match u32::try_from(n).ok().and_then(|n| self.slots.try_acquire_many(n).ok()) {
+            Some(permit) => {
+                permit.forget();
+                true
+            }
+            None => false,
         }
     }
 
+    /// Gives back `n` slots of resolved events.
+    pub fn release(&self, n: usize) {
+        self.slots.add_permits(n);
+        self.resolved.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn resolved_total(&self) -> u64 {
+        self.resolved.load(Ordering::Relaxed)
+    }
+
+    /// Events accepted and not yet resolved.
     pub fn depth(&self) -> usize {
         self.capacity.saturating_sub(self.slots.available_permits())
     }
@@ -68,32 +90,22 @@ struct QueueCollector(Arc<QueueGauge>);
 impl Collector for QueueCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let q = &self.0;
-        let gauges: [(&str, &str, f64); 4] = [
+        let gauges: [(&str, &str, f64); 3] = [
             (
                 "ingest_queue_size",
-                "Events waiting in the bounded ingest queue",
+                "Events accepted and not yet resolved (queued, in the producer or retrying)",
                 q.depth() as f64,
             ),
-            (
-                "ingest_queue_capacity",
-                "Capacity of the bounded ingest queue (QUEUE_SIZE)",
-                q.capacity as f64,
-            ),
+            ("ingest_queue_capacity", "Capacity of the bounded ingest queue (QUEUE_SIZE)", q.capacity as f64),
             (
                 "ingest_queue_utilization",
                 "Fraction of the ingest queue in use, 0-1: the autoscaling signal",
                 q.utilization(),
             ),
-            (
-                "events_pending",
-                "Events accepted but not yet published, dead-lettered or lost",
-                q.pending.load(Ordering::Relaxed) as f64,
-            ),
         ];
         for (name, help, value) in gauges {
             let gauge = ConstGauge::new(value);
-            let metric_encoder =
-                encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            let metric_encoder = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             gauge.encode(metric_encoder)?;
         }
         Ok(())
@@ -124,17 +136,9 @@ impl Metrics {
     pub fn new(queue: Arc<QueueGauge>) -> Self {
         let mut registry = Registry::default();
         let events_received = Counter::default();
-        registry.register(
-            "events_received",
-            "Events accepted from clients",
-            events_received.clone(),
-        );
+        registry.register("events_received", "Events accepted from clients", events_received.clone());
         let events_published = Counter::default();
-        registry.register(
-            "events_published",
-            "Events acknowledged by Kafka on their topic",
-            events_published.clone(),
-        );
+        registry.register("events_published", "Events acknowledged by Kafka on their topic", events_published.clone());
         let events_failed = Counter::default();
         registry.register(
             "events_failed",
@@ -142,11 +146,7 @@ impl Metrics {
             events_failed.clone(),
         );
         let events_dead_lettered = Counter::default();
-        registry.register(
-            "events_dlq",
-            "Events written to the dead-letter topic",
-            events_dead_lettered.clone(),
-        );
+        registry.register("events_dlq", "Events written to the dead-letter topic", events_dead_lettered.clone());
         let events_lost = Counter::default();
         registry.register(
             "events_lost",
@@ -160,17 +160,9 @@ impl Metrics {
             events_retried.clone(),
         );
         let events_rejected = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "events_rejected",
-            "Events refused at ingest, by reason",
-            events_rejected.clone(),
-        );
+        registry.register("events_rejected", "Events refused at ingest, by reason", events_rejected.clone());
         let http_requests = Family::<StatusLabel, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests on the ingest listener by status",
-            http_requests.clone(),
-        );
+        registry.register("http_requests", "HTTP requests on the ingest listener by status", http_requests.clone());
         let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.5, 14))
         });
@@ -188,16 +180,8 @@ impl Metrics {
             delivery_duration.clone(),
         );
         let batch_size = Histogram::new(exponential_buckets(1.0, 4.0, 9));
-        registry.register(
-            "ingest_batch_size",
-            "Events per accepted request",
-            batch_size.clone(),
-        );
-        registry.register(
-            "build",
-            "Build information",
-            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
-        );
+        registry.register("ingest_batch_size", "Events per accepted request", batch_size.clone());
+        registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
         registry.register_collector(Box::new(QueueCollector(queue.clone())));
         Metrics(Arc::new(Inner {
             registry,
@@ -220,26 +204,20 @@ impl Metrics {
         &self.0.queue
     }
 
-    /// `n` events accepted into the queue.
+    /// `n` events accepted into the queue (their slots already taken).
     pub fn accepted(&self, n: usize) {
         self.0.events_received.inc_by(n as u64);
         self.0.batch_size.observe(n as f64);
-        self.0.queue.pending.fetch_add(n as i64, Ordering::Relaxed);
     }
 
     /// `n` events refused at ingest for `reason` (a stable problem code).
     pub fn rejected(&self, reason: &'static str, n: usize) {
-        self.0
-            .events_rejected
-            .get_or_create(&ReasonLabel { reason })
-            .inc_by(n as u64);
+        self.0.events_rejected.get_or_create(&ReasonLabel { reason }).inc_by(n as u64);
     }
 
     pub fn published(&self, since_receipt: std::time::Duration) {
         self.0.events_published.inc();
-        self.0
-            .delivery_duration
-            .observe(since_receipt.as_secs_f64());
+        self.0.delivery_duration.observe(since_receipt.as_secs_f64());
         self.resolved();
     }
 
@@ -264,24 +242,22 @@ impl Metrics {
         self.resolved();
     }
 
-    pub fn lost(&self, n: u64) {
-        self.0.events_lost.inc_by(n);
-        self.0.queue.pending.fetch_sub(n as i64, Ordering::Relaxed);
+    pub fn lost(&self, n: usize) {
+        self.0.events_lost.inc_by(n as u64);
+        self.0.queue.release(n);
     }
 
     fn resolved(&self) {
-        self.0.queue.pending.fetch_sub(1, Ordering::Relaxed);
+        self.0.queue.release(1);
     }
 
-    pub fn pending(&self) -> i64 {
-        self.0.queue.pending.load(Ordering::Relaxed)
+    /// Events accepted and not yet resolved.
+    pub fn pending(&self) -> usize {
+        self.0.queue.depth()
     }
 
     pub fn http_request(&self, route: &'static str, status: u16, elapsed: std::time::Duration) {
-        self.0
-            .http_requests
-            .get_or_create(&StatusLabel { status })
-            .inc();
+        self.0.http_requests.get_or_create(&StatusLabel { status }).inc();
         let status_class = match status {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -289,13 +265,7 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.0
-            .http_duration
-            .get_or_create(&HttpLabels {
-                route,
-                status_class,
-            })
-            .observe(elapsed.as_secs_f64());
+        self.0.http_duration.get_or_create(&HttpLabels { route, status_class }).observe(elapsed.as_secs_f64());
     }
 
     /// The OpenMetrics text exposition.

@@ -23,8 +23,5 @@ pub fn init_logging(log_level: &str) {
         .with_target(true)
         .with_writer(std::io::stdout);
     // A second call (tests spawning several apps) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(json)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(filter).with(json).try_init();
 }
