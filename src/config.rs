@@ -197,6 +197,8 @@ pub struct IngestSettings {
     pub queue_size: usize,
     pub queue_high_water: f64,
     pub ack_mode: AckMode,
+    /// `false` only for benchmarks: events are acknowledged without reaching Kafka.
+    pub publish_to_kafka: bool,
     pub max_event_bytes: usize,
     pub max_batch_events: usize,
 }
@@ -411,6 +413,11 @@ impl Settings {
         let queue_size = r.int::<usize>("QUEUE_SIZE", 1, 10_000_000);
         let queue_high_water = r.parse("QUEUE_HIGH_WATER", |s| s.parse::<f64>().ok().filter(|f| *f > 0.0 && *f <= 1.0));
         let ack_mode = r.parse("ACK_MODE", AckMode::parse);
+        let publish_to_kafka = r.parse("PUBLISHER", |s| match s.to_ascii_lowercase().as_str() {
+            "kafka" => Some(true),
+            "noop" => Some(false),
+            _ => None,
+        });
         let rps = r.int::<u32>("RATE_LIMIT_RPS", 0, 10_000_000);
         let burst = r.int::<u32>("RATE_LIMIT_BURST", 1, 10_000_000);
         let max_body_bytes = r.int::<usize>("MAX_BODY_BYTES", 1024, 1 << 30);
@@ -458,6 +465,7 @@ impl Settings {
                     queue_size: queue_size?,
                     queue_high_water: queue_high_water?,
                     ack_mode: ack_mode?,
+                    publish_to_kafka: publish_to_kafka?,
                     max_event_bytes: max_event_bytes?,
                     max_batch_events: max_batch_events?,
                 },

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Brokers, Settings};
 use crate::http::{AppState, IngestLimits};
-use crate::ingest::IngestQueue;
+use crate::ingest::{IngestQueue, Sink};
 use crate::kafka::{EmbeddedKafka, Publisher};
 use crate::lifecycle::{Readiness, Shutdown};
 use crate::telemetry::{Metrics, QueueGauge};
@@ -98,7 +98,13 @@ impl Application {
             .await
             .map_err(|source| StartError::Bind { addr: bind(settings.http.admin_port), source })?;
 
-        let (queue, workers) = IngestQueue::start(settings.ingest.worker_pool_size, publisher.clone(), metrics.clone());
+        let sink = if settings.ingest.publish_to_kafka {
+            Sink::Kafka(publisher.clone())
+        } else {
+            tracing::warn!("PUBLISHER=noop: events are acknowledged and dropped (benchmarks only)");
+            Sink::Noop(metrics.clone())
+        };
+        let (queue, workers) = IngestQueue::start(settings.ingest.worker_pool_size, sink, metrics.clone());
         let readiness =
             Arc::new(Readiness::new(settings.kafka.unreachable_window, queue_gauge, settings.ingest.queue_high_water));
         let health_stop = CancellationToken::new();

@@ -4,4 +4,4 @@ pub mod envelope;
 pub mod queue;
 
 pub use envelope::{parse_event, Event, EventError, EventLimits};
-pub use queue::{IngestQueue, Job, QueueError};
+pub use queue::{IngestQueue, Job, QueueError, Sink};

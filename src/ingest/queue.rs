@@ -15,6 +15,14 @@ use crate::kafka::delivery::{AckBatch, DeliveryTicket, Destination};
 use crate::kafka::{OutboundRecord, Publisher};
 use crate::telemetry::Metrics;
 
+/// Where the workers hand events.
+#[derive(Clone)]
+pub enum Sink {
+    Kafka(Arc<Publisher>),
+    /// Benchmarks only (`PUBLISHER=noop`): every event is resolved as published at once.
+    Noop(Metrics),
+}
+
 /// The events of one request, on their way to the producer.
 pub struct Job {
     records: Vec<OutboundRecord>,
@@ -43,16 +51,19 @@ pub struct IngestQueue {
 
 impl IngestQueue {
     /// Creates the queue (capacity from the metrics' queue gauge) and starts `workers` workers.
-    pub fn start(workers: usize, publisher: Arc<Publisher>, metrics: Metrics) -> (Self, JoinSet<()>) {
+    pub fn start(workers: usize, sink: Sink, metrics: Metrics) -> (Self, JoinSet<()>) {
         let (tx, rx) = async_channel::unbounded::<Job>();
         let drain_rate = Arc::new(AtomicU64::new(0));
         let mut set = JoinSet::new();
         for _ in 0..workers {
             let rx = rx.clone();
-            let publisher = publisher.clone();
+            let sink = sink.clone();
             set.spawn(async move {
                 while let Ok(job) = rx.recv().await {
-                    send_job(&publisher, job).await;
+                    match &sink {
+                        Sink::Kafka(publisher) => send_job(publisher, job).await,
+                        Sink::Noop(metrics) => discard_job(metrics, job),
+                    }
                 }
             });
         }
@@ -131,5 +142,14 @@ async fn send_job(publisher: &Publisher, job: Job) {
             ack: acks.as_ref().map(|a| (a.clone(), index)),
         });
         publisher.send(record, ticket).await;
+    }
+}
+
+fn discard_job(metrics: &Metrics, job: Job) {
+    for index in 0..job.records.len() {
+        metrics.published(job.received_at.elapsed());
+        if let Some(acks) = &job.acks {
+            acks.resolve(index, crate::kafka::DeliveryOutcome::Delivered { partition: -1, offset: -1 });
+        }
     }
 }
