@@ -64,6 +64,11 @@ pub const KEYS: &[Key] = &[
         accepts: "a fraction in (0, 1]: queue utilization above which /readyz fails",
     },
     Key {
+        env: "PUBLISHER",
+        default: "kafka",
+        accepts: "`kafka`, or `noop` (benchmarks only: events are acknowledged and dropped)",
+    },
+    Key {
         env: "ACK_MODE",
         default: "queued",
         accepts: "`queued` (202 once queued) or `kafka` (200 once the broker acknowledged)",
@@ -71,8 +76,13 @@ pub const KEYS: &[Key] = &[
     Key { env: "RATE_LIMIT_RPS", default: "1000", accepts: "an integer 0-10000000 requests/s (0 disables the limit)" },
     Key { env: "RATE_LIMIT_BURST", default: "100", accepts: "an integer 1-10000000" },
     Key { env: "MAX_BODY_BYTES", default: "4194304", accepts: "an integer 1024-1073741824 (bytes)" },
+    Key { env: "MAX_DECODED_BYTES", default: "16777216", accepts: "an integer 1024-1073741824 (bytes of a body after gzip/zstd decoding)" },
     Key { env: "MAX_EVENT_BYTES", default: "1048576", accepts: "an integer 64-104857600 (bytes of one encoded event)" },
     Key { env: "MAX_BATCH_EVENTS", default: "10000", accepts: "an integer 1-1000000 (events in one request)" },
+    Key { env: "MAX_JSON_DEPTH", default: "64", accepts: "an integer 2-1024 (nesting of arrays and objects in a body)" },
+    Key { env: "MAX_EVENT_HEADERS", default: "64", accepts: "an integer 0-1024 (entries in an event's `headers`)" },
+    Key { env: "MAX_EVENT_HEADER_BYTES", default: "16384", accepts: "an integer 0-1048576 (bytes of an event's `headers`)" },
+    Key { env: "KAFKA_TOPIC_ALLOWLIST", default: "", accepts: "a comma-separated list of topic names writable through POST /topics/{topic}/events" },
     Key { env: "REQUEST_TIMEOUT", default: "30s", accepts: "a duration with a unit, 100ms-10m" },
     Key {
         env: "SHUTDOWN_DRAIN_DELAY",
@@ -136,6 +146,8 @@ pub struct KafkaSettings {
     pub unreachable_window: Duration,
     /// librdkafka passthrough (TLS, SASL, tuning). May hold secrets: never log the values.
     pub properties: BTreeMap<String, String>,
+    /// Topics clients may name in `POST /topics/{topic}/events` (the default topic is always allowed).
+    pub topic_allowlist: Vec<String>,
 }
 
 impl fmt::Debug for KafkaSettings {
@@ -152,6 +164,7 @@ impl fmt::Debug for KafkaSettings {
             .field("linger", &self.linger)
             .field("compression", &self.compression)
             .field("properties", &properties)
+            .field("topic_allowlist", &self.topic_allowlist)
             .finish_non_exhaustive()
     }
 }
@@ -199,8 +212,12 @@ pub struct IngestSettings {
     pub ack_mode: AckMode,
     /// `false` only for benchmarks: events are acknowledged without reaching Kafka.
     pub publish_to_kafka: bool,
+    pub max_decoded_bytes: usize,
     pub max_event_bytes: usize,
     pub max_batch_events: usize,
+    pub max_json_depth: usize,
+    pub max_event_headers: usize,
+    pub max_event_header_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -423,6 +440,14 @@ impl Settings {
         let max_body_bytes = r.int::<usize>("MAX_BODY_BYTES", 1024, 1 << 30);
         let max_event_bytes = r.int::<usize>("MAX_EVENT_BYTES", 64, 100 << 20);
         let max_batch_events = r.int::<usize>("MAX_BATCH_EVENTS", 1, 1_000_000);
+        let max_decoded_bytes = r.int::<usize>("MAX_DECODED_BYTES", 1024, 1 << 30);
+        let max_json_depth = r.int::<usize>("MAX_JSON_DEPTH", 2, 1024);
+        let max_event_headers = r.int::<usize>("MAX_EVENT_HEADERS", 0, 1024);
+        let max_event_header_bytes = r.int::<usize>("MAX_EVENT_HEADER_BYTES", 0, 1 << 20);
+        let topic_allowlist = r.parse("KAFKA_TOPIC_ALLOWLIST", |s| {
+            let topics: Vec<String> = s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
+            topics.iter().all(|t| valid_topic(t)).then_some(topics)
+        });
         let request_timeout = r.duration("REQUEST_TIMEOUT", Duration::from_millis(100), Duration::from_secs(600));
         let drain_delay = r.duration("SHUTDOWN_DRAIN_DELAY", Duration::ZERO, Duration::from_secs(600));
         let shutdown_timeout = r.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(1), Duration::from_secs(3600));
@@ -459,6 +484,7 @@ impl Settings {
                     metadata_refresh: metadata_refresh?,
                     unreachable_window: unreachable_window?,
                     properties,
+                    topic_allowlist: topic_allowlist?,
                 },
                 ingest: IngestSettings {
                     worker_pool_size: worker_pool_size?,
@@ -466,8 +492,12 @@ impl Settings {
                     queue_high_water: queue_high_water?,
                     ack_mode: ack_mode?,
                     publish_to_kafka: publish_to_kafka?,
+                    max_decoded_bytes: max_decoded_bytes?,
                     max_event_bytes: max_event_bytes?,
                     max_batch_events: max_batch_events?,
+                    max_json_depth: max_json_depth?,
+                    max_event_headers: max_event_headers?,
+                    max_event_header_bytes: max_event_header_bytes?,
                 },
                 rate_limit: RateLimitSettings { rps: rps?, burst: burst? },
                 shutdown: ShutdownSettings { drain_delay: drain_delay?, timeout: shutdown_timeout? },
