@@ -76,13 +76,29 @@ pub const KEYS: &[Key] = &[
     Key { env: "RATE_LIMIT_RPS", default: "1000", accepts: "an integer 0-10000000 requests/s (0 disables the limit)" },
     Key { env: "RATE_LIMIT_BURST", default: "100", accepts: "an integer 1-10000000" },
     Key { env: "MAX_BODY_BYTES", default: "4194304", accepts: "an integer 1024-1073741824 (bytes)" },
-    Key { env: "MAX_DECODED_BYTES", default: "16777216", accepts: "an integer 1024-1073741824 (bytes of a body after gzip/zstd decoding)" },
+    Key {
+        env: "MAX_DECODED_BYTES",
+        default: "16777216",
+        accepts: "an integer 1024-1073741824 (bytes of a body after gzip/zstd decoding)",
+    },
     Key { env: "MAX_EVENT_BYTES", default: "1048576", accepts: "an integer 64-104857600 (bytes of one encoded event)" },
     Key { env: "MAX_BATCH_EVENTS", default: "10000", accepts: "an integer 1-1000000 (events in one request)" },
-    Key { env: "MAX_JSON_DEPTH", default: "64", accepts: "an integer 2-1024 (nesting of arrays and objects in a body)" },
+    Key {
+        env: "MAX_JSON_DEPTH",
+        default: "64",
+        accepts: "an integer 2-1024 (nesting of arrays and objects in a body)",
+    },
     Key { env: "MAX_EVENT_HEADERS", default: "64", accepts: "an integer 0-1024 (entries in an event's `headers`)" },
-    Key { env: "MAX_EVENT_HEADER_BYTES", default: "16384", accepts: "an integer 0-1048576 (bytes of an event's `headers`)" },
-    Key { env: "KAFKA_TOPIC_ALLOWLIST", default: "", accepts: "a comma-separated list of topic names writable through POST /topics/{topic}/events" },
+    Key {
+        env: "MAX_EVENT_HEADER_BYTES",
+        default: "16384",
+        accepts: "an integer 0-1048576 (bytes of an event's `headers`)",
+    },
+    Key {
+        env: "KAFKA_TOPIC_ALLOWLIST",
+        default: "",
+        accepts: "a comma-separated list of topic names writable through POST /topics/{topic}/events",
+    },
     Key { env: "REQUEST_TIMEOUT", default: "30s", accepts: "a duration with a unit, 100ms-10m" },
     Key {
         env: "SHUTDOWN_DRAIN_DELAY",

@@ -22,7 +22,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Brokers, Settings};
-use crate::http::{AppState, IngestLimits};
+use crate::http::{AppState, IngestLimits, Topics};
 use crate::ingest::{IngestQueue, Sink};
 use crate::kafka::{EmbeddedKafka, Publisher};
 use crate::lifecycle::{Readiness, Shutdown};
@@ -66,11 +66,12 @@ impl Application {
     pub async fn build(settings: Settings, shutdown: Shutdown) -> Result<Self, StartError> {
         let embedded = match settings.kafka.brokers {
             Brokers::Embedded => {
-                let cluster = EmbeddedKafka::start(&[&settings.kafka.topic, &settings.kafka.dlq_topic], 3)
-                    .map_err(StartError::Embedded)?;
+                let mut topics: Vec<&str> = vec![&settings.kafka.topic, &settings.kafka.dlq_topic];
+                topics.extend(settings.kafka.topic_allowlist.iter().map(String::as_str));
+                let cluster = EmbeddedKafka::start(&topics, 3).map_err(StartError::Embedded)?;
                 tracing::warn!(
                     bootstrap_servers = cluster.bootstrap_servers(),
-                    topics = ?[&settings.kafka.topic, &settings.kafka.dlq_topic],
+                    topics = ?topics,
                     "EMBEDDED KAFKA: events go to an in-process mock cluster and stay in memory; they are lost when \
                      the process exits. Any Kafka client on this host can read them from the bootstrap address."
                 );
@@ -121,7 +122,7 @@ impl Application {
             metrics,
             readiness,
             shutdown,
-            topic: Arc::from(settings.kafka.topic.as_str()),
+            topics: Arc::new(Topics::from_settings(&settings)),
             ack_mode: settings.ingest.ack_mode,
             // One full librdkafka attempt plus a margin for the delivery report to arrive.
             ack_timeout: settings.kafka.write_timeout + Duration::from_secs(1),

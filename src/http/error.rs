@@ -63,9 +63,13 @@ impl ApiError {
         self
     }
 
-    /// An invalid event: 400 naming the field where there is one.
+    /// An invalid event: 400 naming the field where there is one; 413 when it breaks a size limit.
     pub fn from_event(err: &EventError) -> Self {
-        let e = Self::bad_request(err.code, err.message.clone());
+        let status = match err.code {
+            "event_too_large" | "headers_too_large" | "too_many_headers" => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        let e = Self::new(status, err.code, err.message.clone());
         match err.field {
             Some(field) => e.with("field", field),
             None => e,

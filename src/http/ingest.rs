@@ -1,68 +1,28 @@
-//! The ingest routes: `POST /events` (one event, a JSON array, or NDJSON) and `GET /health`.
+//! The ingest routes: `POST /events` and `POST /topics/{topic}/events` (one event, a JSON array, NDJSON,
+//! CloudEvents), `GET /health`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::config::AckMode;
-use crate::ingest::envelope::check_depth;
-use crate::ingest::{parse_event, EventError, QueueError};
+use crate::ingest::request::framing;
+use crate::ingest::{parse_request, BodyMeta, EventError, Item, Parsed, QueueError, RequestError};
 use crate::kafka::{AckBatch, DeliveryOutcome, OutboundRecord};
-
-/// How the body is framed, from its Content-Type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// One JSON object, or a JSON array of them.
-    Json,
-    /// One JSON object per line; blank lines ignored.
-    Ndjson,
-}
-
-fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
-    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
-        let enc = enc.to_str().unwrap_or("").trim().to_ascii_lowercase();
-        if !enc.is_empty() && enc != "identity" {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_encoding",
-                format!("Content-Encoding {enc:?} is not supported; send identity"),
-            ));
-        }
-    }
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(Framing::Json);
-    };
-    let mime = ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match mime.as_str() {
-        // `curl -d` sends form-urlencoded and the Go service read any body as JSON: keep both working.
-        "" | "application/json" | "application/x-www-form-urlencoded" | "text/plain" => Ok(Framing::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines" => {
-            Ok(Framing::Ndjson)
-        }
-        other => Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("Content-Type {other:?} is not supported; send application/json or application/x-ndjson"),
-        )),
-    }
-}
 
 /// The `ack` query parameter, else the configured mode.
 fn ack_mode(uri: &Uri, default: AckMode) -> Result<AckMode, ApiError> {
-    let Some(query) = uri.query() else {
-        return Ok(default);
-    };
+    let Some(query) = uri.query() else { return Ok(default) };
     for pair in query.split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         if name == "ack" {
@@ -95,6 +55,66 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum
     })
 }
 
+/// The headers that decide how the body is read.
+fn body_meta(headers: &HeaderMap) -> BodyMeta<'_> {
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let ce_headers = headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let attr = name.as_str().strip_prefix("ce-")?;
+            Some((attr.to_string(), value.to_str().ok()?.to_string()))
+        })
+        .collect();
+    BodyMeta { content_type: text(header::CONTENT_TYPE), content_encoding: text(header::CONTENT_ENCODING), ce_headers }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        use axum::http::StatusCode as S;
+        match e {
+            RequestError::UnsupportedMediaType(ct) => ApiError::new(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "Content-Type {ct:?} is not supported; send application/json, application/x-ndjson, \
+                     application/cloudevents+json or application/cloudevents-batch+json"
+                ),
+            ),
+            RequestError::UnsupportedEncoding(enc) => ApiError::new(
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding {enc:?} is not supported; send identity, gzip or zstd"),
+            ),
+            RequestError::DecodedTooLarge { limit } => ApiError::too_large(
+                "decoded_body_too_large",
+                format!("the decoded body exceeds {limit} bytes (MAX_DECODED_BYTES)"),
+            ),
+            RequestError::Undecodable { encoding, message } => {
+                ApiError::bad_request("invalid_encoding", format!("the body is not valid {encoding}: {message}"))
+            }
+            RequestError::InvalidUtf8 { at } => {
+                ApiError::bad_request("invalid_utf8", format!("the body is not valid UTF-8 (at byte {at})"))
+            }
+            RequestError::TooDeep { limit } => ApiError::bad_request(
+                "nesting_too_deep",
+                format!("JSON nesting exceeds {limit} levels (MAX_JSON_DEPTH)"),
+            ),
+            RequestError::Malformed { message, line, column } => {
+                ApiError::bad_request("malformed_json", format!("malformed JSON: {message}"))
+                    .with("line", line)
+                    .with("column", column)
+            }
+            RequestError::Empty => ApiError::bad_request("empty_body", "the request body is empty"),
+            RequestError::EmptyBatch => ApiError::bad_request("empty_batch", "the batch holds no events"),
+            RequestError::BatchTooLarge { events, limit } => ApiError::too_large(
+                "batch_too_large",
+                format!("the batch holds {events} events; the limit is {limit} (MAX_BATCH_EVENTS)"),
+            ),
+            RequestError::InvalidEvent(e) => ApiError::from_event(&e),
+        }
+    }
+}
+
 /// One item's answer in a batch response.
 #[derive(Debug, Serialize)]
 struct ItemResult {
@@ -122,44 +142,39 @@ impl ItemResult {
     }
 }
 
-/// The body split into items: (JSON text, NDJSON line number).
-enum Items<'a> {
-    Single(&'a str),
-    Batch(Vec<(&'a str, Option<usize>)>),
-}
-
-fn split_items<'a>(text: &'a str, framing: Framing) -> Result<Items<'a>, ApiError> {
-    match framing {
-        Framing::Json => {
-            let trimmed = text.trim_start();
-            if trimmed.starts_with('[') {
-                let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| malformed(&e, None))?;
-                Ok(Items::Batch(items.into_iter().map(|raw| (raw.get(), None)).collect()))
-            } else if trimmed.is_empty() {
-                Err(ApiError::bad_request("empty_body", "the request body is empty"))
-            } else {
-                Ok(Items::Single(text))
-            }
-        }
-        Framing::Ndjson => Ok(Items::Batch(
-            text.lines()
-                .enumerate()
-                .filter(|(_, line)| !line.trim().is_empty())
-                .map(|(i, line)| (line, Some(i + 1)))
-                .collect(),
-        )),
-    }
-}
-
-fn malformed(err: &serde_json::Error, line: Option<usize>) -> ApiError {
-    ApiError::bad_request("malformed_json", format!("malformed JSON: {err}"))
-        .with("line", line.unwrap_or(err.line()))
-        .with("column", err.column())
-}
-
-/// `POST /events`.
+/// `POST /events`: the default topic.
 pub async fn post_events(
     State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let topic = state.topics.default.clone();
+    ingest(state, topic, uri, headers, body).await
+}
+
+/// `POST /topics/{topic}/events`: a topic on the allowlist (`KAFKA_TOPIC_ALLOWLIST`), else 404.
+pub async fn post_topic_events(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let Some(topic) = state.topics.get(&topic) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_topic",
+            format!("topic {topic:?} is not writable here"),
+        )
+        .with("topic", topic));
+    };
+    ingest(state, topic, uri, headers, body).await
+}
+
+async fn ingest(
+    state: AppState,
+    topic: Arc<str>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -167,34 +182,25 @@ pub async fn post_events(
     let received_at = Instant::now();
     let now = OffsetDateTime::now_utc();
     let mode = ack_mode(&uri, state.ack_mode)?;
-    let framing = framing(&headers)?;
+    let meta = body_meta(&headers);
+    // Refuse an unsupported type or encoding before reading the body.
+    framing(&meta)?;
     let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        ApiError::bad_request("invalid_utf8", format!("the body is not valid UTF-8 (at byte {})", e.valid_up_to()))
+    // Decoding a large or compressed body is CPU work: keep it off the other requests' way.
+    let heavy = meta.content_encoding.is_some() || bytes.len() > 256 * 1024;
+    let parse = || parse_request(&meta, &bytes, now, &state.limits.request);
+    let parsed = if heavy { tokio::task::block_in_place(parse) } else { parse() };
+    let parsed = parsed.map_err(|e| {
+        state.metrics.rejected(rejection_reason(&e), 1);
+        ApiError::from(e)
     })?;
-    check_depth(text.as_bytes(), state.limits.max_depth).map_err(|e| ApiError::from_event(&e))?;
 
-    match split_items(text, framing)? {
-        Items::Single(json) => {
-            let event = parse_event(json, now, &state.limits.event).map_err(|e| {
-                state.metrics.rejected(e.code, 1);
-                if e.code == "malformed_json" {
-                    ApiError::bad_request(e.code, format!("malformed JSON: {}", e.message))
-                } else {
-                    ApiError::from_event(&e)
-                }
-            })?;
-            let record = OutboundRecord::from_event(&event, &state.topic);
+    match parsed {
+        Parsed::Single(event) => {
+            let record = OutboundRecord::from_event(&event, &topic);
             if record.value.len() > state.limits.max_event_bytes {
                 state.metrics.rejected("event_too_large", 1);
-                return Err(ApiError::too_large(
-                    "event_too_large",
-                    format!(
-                        "the encoded event is {} bytes; the limit is {} (MAX_EVENT_BYTES)",
-                        record.value.len(),
-                        state.limits.max_event_bytes
-                    ),
-                ));
+                return Err(ApiError::from_event(&event_too_large(record.value.len(), state.limits.max_event_bytes)));
             }
             let id = record.id.clone();
             let acks = enqueue(&state, vec![record], mode, received_at)?;
@@ -205,56 +211,62 @@ pub async fn post_events(
                     match outcomes.into_iter().next().flatten() {
                         Some(DeliveryOutcome::Delivered { partition, offset }) => Ok((
                             StatusCode::OK,
-                            Json(json!({"status": "published", "id": id, "topic": &*state.topic, "partition": partition, "offset": offset})),
+                            Json(json!({"status": "published", "id": id, "topic": &*topic, "partition": partition, "offset": offset})),
                         )
                             .into_response()),
-                        Some(DeliveryOutcome::Failed { code, message }) => Err(delivery_failed(&code, &message).with("id", id)),
+                        Some(DeliveryOutcome::Failed { code, message }) => {
+                            Err(delivery_failed(&code, &message).with("id", id))
+                        }
                         None => Err(ack_timeout().with("id", id)),
                     }
                 }
             }
         }
-        Items::Batch(items) => ingest_batch(&state, items, now, mode, received_at).await,
+        Parsed::Batch(items) => ingest_batch(&state, &topic, items, mode, received_at).await,
+    }
+}
+
+/// The metrics label of a request-level rejection.
+fn rejection_reason(e: &RequestError) -> &'static str {
+    match e {
+        RequestError::UnsupportedMediaType(_) => "unsupported_media_type",
+        RequestError::UnsupportedEncoding(_) => "unsupported_encoding",
+        RequestError::DecodedTooLarge { .. } => "decoded_body_too_large",
+        RequestError::Undecodable { .. } => "invalid_encoding",
+        RequestError::InvalidUtf8 { .. } => "invalid_utf8",
+        RequestError::TooDeep { .. } => "nesting_too_deep",
+        RequestError::Malformed { .. } => "malformed_json",
+        RequestError::Empty => "empty_body",
+        RequestError::EmptyBatch => "empty_batch",
+        RequestError::BatchTooLarge { .. } => "batch_too_large",
+        RequestError::InvalidEvent(e) => e.code,
+    }
+}
+
+fn event_too_large(size: usize, limit: usize) -> EventError {
+    EventError {
+        code: "event_too_large",
+        field: None,
+        message: format!("the encoded event is {size} bytes; the limit is {limit} (MAX_EVENT_BYTES)"),
     }
 }
 
 async fn ingest_batch(
     state: &AppState,
-    items: Vec<(&str, Option<usize>)>,
-    now: OffsetDateTime,
+    topic: &Arc<str>,
+    items: Vec<Item>,
     mode: AckMode,
     received_at: Instant,
 ) -> Result<Response, ApiError> {
-    if items.is_empty() {
-        return Err(ApiError::bad_request("empty_batch", "the batch holds no events"));
-    }
-    if items.len() > state.limits.max_batch_events {
-        return Err(ApiError::too_large(
-            "batch_too_large",
-            format!(
-                "the batch holds {} events; the limit is {} (MAX_BATCH_EVENTS)",
-                items.len(),
-                state.limits.max_batch_events
-            ),
-        ));
-    }
     let mut results = Vec::with_capacity(items.len());
     let mut records = Vec::with_capacity(items.len());
     // Position of each accepted record in `results`.
     let mut slots = Vec::with_capacity(items.len());
-    for (index, (json, line)) in items.into_iter().enumerate() {
-        let parsed = parse_event(json, now, &state.limits.event).and_then(|event| {
-            let record = OutboundRecord::from_event(&event, &state.topic);
+    for Item { index, line, event } in items {
+        let parsed = event.and_then(|event| {
+            let record = OutboundRecord::from_event(&event, topic);
             if record.value.len() > state.limits.max_event_bytes {
-                return Err(EventError {
-                    code: "event_too_large",
-                    field: None,
-                    message: format!(
-                        "the encoded event is {} bytes; the limit is {}",
-                        record.value.len(),
-                        state.limits.max_event_bytes
-                    ),
-                });
+                return Err(event_too_large(record.value.len(), state.limits.max_event_bytes));
             }
             Ok(record)
         });

@@ -24,21 +24,45 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 pub use error::ApiError;
 
 use crate::config::{AckMode, Settings};
-use crate::ingest::{EventLimits, IngestQueue};
+use crate::ingest::{EventLimits, IngestQueue, RequestLimits};
 use crate::lifecycle::{Readiness, Shutdown};
 use crate::telemetry::Metrics;
 
 pub const EVENTS_PATH: &str = "/events";
+pub const TOPIC_EVENTS_PATH: &str = "/topics/{topic}/events";
 pub const HEALTH_PATH: &str = "/health";
+pub const OPENAPI_PATH: &str = "/openapi.json";
+
+/// The OpenAPI 3.1 document of the whole API, kept in the repo and checked against the routes by tests.
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
 
 /// Per-request limits of the ingest API.
 #[derive(Debug, Clone)]
 pub struct IngestLimits {
     pub max_body_bytes: usize,
     pub max_event_bytes: usize,
-    pub max_batch_events: usize,
-    pub max_depth: usize,
-    pub event: EventLimits,
+    pub request: RequestLimits,
+}
+
+/// The topics clients can write: the default, and the allowlist for `/topics/{topic}/events`.
+#[derive(Debug)]
+pub struct Topics {
+    pub default: Arc<str>,
+    allowed: std::collections::HashMap<String, Arc<str>>,
+}
+
+impl Topics {
+    pub fn from_settings(settings: &Settings) -> Self {
+        let default: Arc<str> = Arc::from(settings.kafka.topic.as_str());
+        let mut allowed: std::collections::HashMap<String, Arc<str>> =
+            settings.kafka.topic_allowlist.iter().map(|t| (t.clone(), Arc::from(t.as_str()))).collect();
+        allowed.insert(settings.kafka.topic.clone(), default.clone());
+        Topics { default, allowed }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<str>> {
+        self.allowed.get(name).cloned()
+    }
 }
 
 /// What every handler shares. Cheap to clone.
@@ -48,7 +72,7 @@ pub struct AppState {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
     pub shutdown: Shutdown,
-    pub topic: Arc<str>,
+    pub topics: Arc<Topics>,
     pub ack_mode: AckMode,
     /// How long an `ack=kafka` request waits for the broker.
     pub ack_timeout: Duration,
@@ -57,12 +81,16 @@ pub struct AppState {
 
 impl IngestLimits {
     pub fn from_settings(settings: &Settings) -> Self {
+        let i = &settings.ingest;
         IngestLimits {
             max_body_bytes: settings.http.max_body_bytes,
-            max_event_bytes: settings.ingest.max_event_bytes,
-            max_batch_events: settings.ingest.max_batch_events,
-            max_depth: 64,
-            event: EventLimits::default(),
+            max_event_bytes: i.max_event_bytes,
+            request: RequestLimits {
+                max_decoded_bytes: i.max_decoded_bytes,
+                max_batch_events: i.max_batch_events,
+                max_depth: i.max_json_depth,
+                event: EventLimits { max_headers: i.max_event_headers, max_header_bytes: i.max_event_header_bytes },
+            },
         }
     }
 }
@@ -112,11 +140,17 @@ pub fn ingest_router(state: AppState, settings: &Settings) -> Router {
 
     Router::new()
         .route(EVENTS_PATH, post(ingest::post_events))
+        .route(TOPIC_EVENTS_PATH, post(ingest::post_topic_events))
         .route(HEALTH_PATH, get(ingest::health))
+        .route(OPENAPI_PATH, get(openapi))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
         .layer(stack)
+}
+
+async fn openapi() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
 fn rate_limited(err: GovernorError) -> Response {
@@ -136,7 +170,9 @@ async fn record_http(State(metrics): State<Metrics>, req: Request, next: Next) -
     let start = Instant::now();
     let route = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
         Some(EVENTS_PATH) => EVENTS_PATH,
+        Some(TOPIC_EVENTS_PATH) => TOPIC_EVENTS_PATH,
         Some(HEALTH_PATH) => HEALTH_PATH,
+        Some(OPENAPI_PATH) => OPENAPI_PATH,
         _ => "unmatched",
     };
     let response = next.run(req).await;
@@ -157,7 +193,12 @@ pub fn describe() -> serde_json::Value {
         "env_prefixes": [crate::config::KAFKA_PROPERTY_PREFIX],
         "env_other": [crate::config::CONFIG_FILE_ENV, "RUST_LOG"],
         "routes": {
-            "main": [{"method": "POST", "path": EVENTS_PATH}, {"method": "GET", "path": HEALTH_PATH}],
+            "main": [
+                {"method": "POST", "path": EVENTS_PATH},
+                {"method": "POST", "path": TOPIC_EVENTS_PATH},
+                {"method": "GET", "path": HEALTH_PATH},
+                {"method": "GET", "path": OPENAPI_PATH},
+            ],
             "admin": [
                 {"method": "GET", "path": admin::METRICS_PATH},
                 {"method": "GET", "path": admin::LIVENESS_PATH},

@@ -47,6 +47,8 @@ impl std::fmt::Display for EventError {
 pub struct Event {
     pub id: String,
     pub event_type: String,
+    /// CloudEvents `source`, when the event came as a CloudEvent.
+    pub source: Option<String>,
     pub timestamp: OffsetDateTime,
     pub key: Option<String>,
     pub headers: BTreeMap<String, String>,
@@ -123,7 +125,7 @@ pub fn parse_event(json: &str, now: OffsetDateTime, limits: &EventLimits) -> Res
         None => return Err(EventError::field("missing_field", "payload", "`payload` is required")),
         Some(raw) => raw.to_owned(),
     };
-    Ok(Event { id, event_type, timestamp, key, headers, payload })
+    Ok(Event { id, event_type, source: None, timestamp, key, headers, payload })
 }
 
 /// serde's messages for a wrong shape do not say which field; the top-level ones we can name.
@@ -203,6 +205,8 @@ struct Normalized<'a> {
     id: &'a str,
     #[serde(rename = "type")]
     event_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
     timestamp: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
@@ -230,6 +234,7 @@ impl Event {
         let normalized = Normalized {
             id: &self.id,
             event_type: &self.event_type,
+            source: self.source.as_deref(),
             timestamp,
             key: self.key.as_deref(),
             headers: &self.headers,

@@ -1,7 +1,10 @@
-//! Ingest: the event envelope and the bounded queue with the worker pool that feeds the producer.
+//! Ingest: request bodies to events (decoding, framing, the envelope, CloudEvents) and the bounded queue
+//! with the worker pool that feeds the producer.
 
 pub mod envelope;
 pub mod queue;
+pub mod request;
 
 pub use envelope::{parse_event, Event, EventError, EventLimits};
 pub use queue::{IngestQueue, Job, QueueError, Sink};
+pub use request::{parse_request, BodyMeta, Item, Parsed, RequestError, RequestLimits};

@@ -28,6 +28,9 @@ impl OutboundRecord {
             .insert(Header { key: "ce_time", value: Some(time.as_bytes()) })
             .insert(Header { key: "ce_specversion", value: Some("1.0") })
             .insert(Header { key: "content-type", value: Some("application/json") });
+        if let Some(source) = &event.source {
+            headers = headers.insert(Header { key: "ce_source", value: Some(source.as_bytes()) });
+        }
         for (name, value) in &event.headers {
             headers = headers.insert(Header { key: name, value: Some(value.as_bytes()) });
         }

@@ -2,6 +2,7 @@
 //! (`scripts/kafka.sh start`); `faults::*` inject broker faults with librdkafka's mock cluster;
 //! `binary::*` run the real `event-ingestor` executable (signals, exit codes, ports).
 
+mod api;
 mod binary;
 mod faults;
 mod helpers;

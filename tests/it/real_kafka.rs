@@ -178,3 +178,143 @@ async fn invalid_events_get_problem_json_naming_the_field_and_never_reach_kafka(
     assert_eq!(messages.len(), 1);
     app.stop().await;
 }
+
+fn gz(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// Every accepted framing lands in Kafka: JSON, JSON array, 1,000-line NDJSON, gzip and zstd batches,
+/// CloudEvents structured, batched and binary, and a topic from the allowlist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_format_round_trips_to_kafka() {
+    let Some(bootstrap) = real_kafka().await else { return };
+    let (topic, dlq, audit) = (unique_topic("it-formats"), unique_topic("it-formats-dlq"), unique_topic("it-audit"));
+    create_topics(&bootstrap, &[&topic, &dlq, &audit]).await;
+    // A 1,000-event batch needs 1,000 free slots at once: more than the Go service's default queue.
+    let app = spawn_app(&bootstrap, &topic, &dlq, &[("KAFKA_TOPIC_ALLOWLIST", &audit), ("QUEUE_SIZE", "5000")]).await;
+    wait_ready(&app.client, &app.admin).await;
+    let url = format!("{}/events", app.http);
+    let mut expected: Vec<String> = Vec::new();
+    let ids = |body: &Value| -> Vec<String> {
+        match body.get("results") {
+            Some(r) => r.as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect(),
+            None => vec![body["id"].as_str().unwrap().to_string()],
+        }
+    };
+
+    let ndjson: String =
+        (0..1000).map(|i| format!("{{\"type\":\"nd\",\"key\":\"k{}\",\"payload\":{{\"i\":{i}}}}}\n", i % 10)).collect();
+    let array = json!([{"type": "arr", "payload": 1}, {"type": "arr", "payload": 2}]).to_string();
+    let gz_batch = gz((0..50).map(|i| format!("{{\"type\":\"gz\",\"payload\":{i}}}\n")).collect::<String>().as_bytes());
+    let zstd_batch = zstd::encode_all(
+        (0..50).map(|i| format!("{{\"type\":\"zs\",\"payload\":{i}}}\n")).collect::<String>().as_bytes(),
+        3,
+    )
+    .unwrap();
+    type Request<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+    let requests: Vec<Request> = vec![
+        ("application/json", vec![], br#"{"type":"single","payload":{"a":1}}"#.to_vec()),
+        ("application/json", vec![], array.into_bytes()),
+        ("application/x-ndjson", vec![], ndjson.into_bytes()),
+        ("application/x-ndjson", vec![("content-encoding", "gzip")], gz_batch),
+        ("application/x-ndjson", vec![("content-encoding", "zstd")], zstd_batch),
+        ("application/cloudevents+json", vec![], br#"{"specversion":"1.0","id":"ce-s-1","source":"/shop","type":"order","data":{"x":1}}"#.to_vec()),
+        (
+            "application/cloudevents-batch+json",
+            vec![],
+            br#"[{"specversion":"1.0","id":"ce-b-1","source":"/shop","type":"order","data":1},{"specversion":"1.0","id":"ce-b-2","source":"/shop","type":"order","data":2}]"#.to_vec(),
+        ),
+        (
+            "application/json",
+            vec![("ce-specversion", "1.0"), ("ce-id", "ce-bin-1"), ("ce-source", "/bin"), ("ce-type", "ping")],
+            br#"{"hello":"world"}"#.to_vec(),
+        ),
+    ];
+    for (ct, headers, body) in requests {
+        let mut req = app.client.post(&url).header("content-type", ct);
+        for (k, v) in &headers {
+            req = req.header(*k, *v);
+        }
+        let r = req.body(body).send().await.unwrap();
+        assert_eq!(r.status(), 202, "{ct} {headers:?}");
+        expected.extend(ids(&r.json().await.unwrap()));
+    }
+    assert_eq!(expected.len(), 1 + 2 + 1000 + 50 + 50 + 1 + 2 + 1);
+
+    let messages = consume(&bootstrap, &topic, expected.len(), Duration::from_secs(60)).await;
+    let found = ids_of(&messages);
+    assert_eq!(messages.len(), expected.len());
+    for id in &expected {
+        assert_eq!(found.get(id), Some(&1), "{id}");
+    }
+    // CloudEvents attributes follow the Kafka binding; NDJSON keeps per-key order.
+    let ce = messages.iter().find(|m| headers_of(m)["ce_id"] == "ce-s-1").unwrap();
+    assert_eq!(headers_of(ce)["ce_source"], "/shop");
+    let bin = messages.iter().find(|m| headers_of(m)["ce_id"] == "ce-bin-1").unwrap();
+    let value: Value = serde_json::from_slice(bin.payload().unwrap()).unwrap();
+    assert_eq!(value["payload"], json!({"hello": "world"}));
+    let k3: Vec<i64> = messages
+        .iter()
+        .filter(|m| m.key() == Some(&b"k3"[..]))
+        .map(|m| serde_json::from_slice::<Value>(m.payload().unwrap()).unwrap()["payload"]["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(k3.len(), 100);
+    assert!(k3.windows(2).all(|w| w[0] < w[1]), "per-key order kept");
+
+    // Topic routing: the allowlisted topic gets it; the default topic does not.
+    let r = app
+        .client
+        .post(format!("{}/topics/{audit}/events", app.http))
+        .json(&json!({"type": "audit", "payload": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let audit_msgs = consume(&bootstrap, &audit, 1, Duration::from_secs(30)).await;
+    assert_eq!(ids_of(&audit_msgs).get(&id), Some(&1));
+    app.stop().await;
+}
+
+/// A batch of valid, invalid and oversized items: 207 with per-item answers; only the valid ones land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_batch_answers_207_and_only_valid_items_reach_kafka() {
+    let Some(bootstrap) = real_kafka().await else { return };
+    let (topic, dlq) = (unique_topic("it-mixedbatch"), unique_topic("it-mixedbatch-dlq"));
+    create_topics(&bootstrap, &[&topic, &dlq]).await;
+    let app = spawn_app(&bootstrap, &topic, &dlq, &[("MAX_EVENT_BYTES", "1000")]).await;
+    wait_ready(&app.client, &app.admin).await;
+    let batch = json!([
+        {"type": "ok", "payload": 1},
+        {"payload": 2},
+        {"type": "big", "payload": "z".repeat(2000)},
+        {"type": "ok", "payload": 3},
+        {"type": 5, "payload": 4},
+    ]);
+    let r = app.client.post(format!("{}/events", app.http)).json(&batch).send().await.unwrap();
+    assert_eq!(r.status(), 207);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!((body["accepted"].as_u64(), body["rejected"].as_u64()), (Some(2), Some(3)));
+    let results = body["results"].as_array().unwrap();
+    let statuses: Vec<&str> = results.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["accepted", "rejected", "rejected", "accepted", "rejected"]);
+    assert_eq!(results[1]["error"]["field"], "type");
+    assert_eq!(results[2]["error"]["code"], "event_too_large");
+    assert_eq!(results[4]["error"]["code"], "invalid_field");
+    let good: Vec<&str> = [0, 3].iter().map(|i| results[*i]["id"].as_str().unwrap()).collect();
+
+    let r = app.client.post(format!("{}/events", app.http)).json(&json!([{"payload": 1}])).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "all_events_rejected");
+
+    let messages = consume(&bootstrap, &topic, 2, Duration::from_secs(30)).await;
+    let found = ids_of(&messages);
+    assert_eq!(messages.len(), 2);
+    for id in good {
+        assert_eq!(found.get(id), Some(&1));
+    }
+    app.stop().await;
+}

@@ -1,0 +1,526 @@
+//! One request body to events: content decoding (gzip, zstd) with a cap on the decoded size, framing by
+//! Content-Type (JSON, JSON array, NDJSON, CloudEvents structured / batch / binary), and per-item parsing.
+//!
+//! Pure and synchronous, so it can be fuzzed and benchmarked without a server.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use serde_json::value::RawValue;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use super::envelope::{check_depth, parse_event, Event, EventError, EventLimits, MAX_NAME_LEN};
+
+/// Request-level limits (the per-event ones are in `event`).
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    pub max_decoded_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_depth: usize,
+    pub event: EventLimits,
+}
+
+/// How the body is framed, from its Content-Type (and the `ce-*` headers for CloudEvents binary mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One JSON object, or a JSON array of them.
+    Json,
+    /// One JSON object per line; blank lines ignored.
+    Ndjson,
+    /// `application/cloudevents+json`: one structured CloudEvent.
+    CloudEvent,
+    /// `application/cloudevents-batch+json`: a JSON array of structured CloudEvents.
+    CloudEventBatch,
+    /// CloudEvents binary mode: attributes in `ce-*` headers, the body is the data.
+    CloudEventBinary,
+}
+
+/// What the request's headers say about its body.
+#[derive(Debug, Clone, Default)]
+pub struct BodyMeta<'a> {
+    pub content_type: Option<&'a str>,
+    pub content_encoding: Option<&'a str>,
+    /// `ce-*` headers (name without the prefix, lower case) for binary mode.
+    pub ce_headers: Vec<(String, String)>,
+}
+
+/// Why a whole request was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    UnsupportedMediaType(String),
+    UnsupportedEncoding(String),
+    DecodedTooLarge {
+        limit: usize,
+    },
+    Undecodable {
+        encoding: &'static str,
+        message: String,
+    },
+    InvalidUtf8 {
+        at: usize,
+    },
+    TooDeep {
+        limit: usize,
+    },
+    Malformed {
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    Empty,
+    EmptyBatch,
+    BatchTooLarge {
+        events: usize,
+        limit: usize,
+    },
+    /// A single-event request (one JSON object, a structured or binary CloudEvent) whose event is invalid.
+    InvalidEvent(EventError),
+}
+
+/// One item of a request: its position, NDJSON line, and the event or why it was refused.
+#[derive(Debug)]
+pub struct Item {
+    pub index: usize,
+    pub line: Option<usize>,
+    pub event: Result<Event, EventError>,
+}
+
+/// A parsed request: a single event (answered as one) or a batch (answered per item).
+#[derive(Debug)]
+pub enum Parsed {
+    Single(Event),
+    Batch(Vec<Item>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+fn encoding(header: Option<&str>) -> Result<Encoding, RequestError> {
+    let Some(value) = header else { return Ok(Encoding::Identity) };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        "zstd" => Ok(Encoding::Zstd),
+        other => Err(RequestError::UnsupportedEncoding(other.to_string())),
+    }
+}
+
+/// The framing for `meta`, or 415.
+pub fn framing(meta: &BodyMeta<'_>) -> Result<Framing, RequestError> {
+    let mime =
+        meta.content_type.map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).unwrap_or_default();
+    match mime.as_str() {
+        "application/cloudevents+json" => return Ok(Framing::CloudEvent),
+        "application/cloudevents-batch+json" => return Ok(Framing::CloudEventBatch),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines" => {
+            return Ok(Framing::Ndjson)
+        }
+        _ => {}
+    }
+    if meta.ce_headers.iter().any(|(k, _)| k == "specversion") {
+        return Ok(Framing::CloudEventBinary);
+    }
+    match mime.as_str() {
+        // `curl -d` sends form-urlencoded, `navigator.sendBeacon` text/plain, and the Go service read any
+        // body as JSON: keep those working.
+        "" | "application/json" | "application/x-www-form-urlencoded" | "text/plain" => Ok(Framing::Json),
+        other => Err(RequestError::UnsupportedMediaType(other.to_string())),
+    }
+}
+
+/// Decodes the body, stopping as soon as the decoded size passes `limit` (a small bomb is never
+/// inflated whole).
+pub fn decode<'a>(body: &'a [u8], content_encoding: Option<&str>, limit: usize) -> Result<Cow<'a, [u8]>, RequestError> {
+    let enc = encoding(content_encoding)?;
+    let (name, reader): (&'static str, Box<dyn Read + 'a>) = match enc {
+        Encoding::Identity => {
+            return if body.len() > limit {
+                Err(RequestError::DecodedTooLarge { limit })
+            } else {
+                Ok(Cow::Borrowed(body))
+            };
+        }
+        Encoding::Gzip => ("gzip", Box::new(flate2::read::MultiGzDecoder::new(body))),
+        Encoding::Zstd => (
+            "zstd",
+            Box::new(
+                zstd::stream::read::Decoder::with_buffer(body)
+                    .map_err(|e| RequestError::Undecodable { encoding: "zstd", message: e.to_string() })?,
+            ),
+        ),
+    };
+    let mut out = Vec::with_capacity((body.len() * 4).min(limit + 1));
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| RequestError::Undecodable { encoding: name, message: e.to_string() })?;
+    if out.len() > limit {
+        return Err(RequestError::DecodedTooLarge { limit });
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Decodes and parses a whole request body into events.
+pub fn parse_request(
+    meta: &BodyMeta<'_>,
+    body: &[u8],
+    now: OffsetDateTime,
+    limits: &RequestLimits,
+) -> Result<Parsed, RequestError> {
+    let framing = framing(meta)?;
+    let decoded = decode(body, meta.content_encoding, limits.max_decoded_bytes)?;
+    let text = std::str::from_utf8(&decoded).map_err(|e| RequestError::InvalidUtf8 { at: e.valid_up_to() })?;
+    check_depth(text.as_bytes(), limits.max_depth).map_err(|_| RequestError::TooDeep { limit: limits.max_depth })?;
+    let el = &limits.event;
+    match framing {
+        Framing::CloudEventBinary => {
+            binary_cloud_event(meta, text, now).map(Parsed::Single).map_err(RequestError::InvalidEvent)
+        }
+        Framing::Json | Framing::CloudEvent if !text.trim_start().starts_with('[') => {
+            if text.trim().is_empty() {
+                return Err(RequestError::Empty);
+            }
+            let event = if framing == Framing::Json {
+                parse_event(text, now, el)
+            } else {
+                structured_cloud_event(text, now, el)
+            };
+            event.map(Parsed::Single).map_err(|e| match e.code {
+                "malformed_json" => malformed(text),
+                _ => RequestError::InvalidEvent(e),
+            })
+        }
+        Framing::Json | Framing::CloudEvent | Framing::CloudEventBatch => {
+            if text.trim().is_empty() {
+                return Err(RequestError::Empty);
+            }
+            let raw: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| malformed(text))?;
+            check_batch(raw.len(), limits)?;
+            let cloud = framing != Framing::Json;
+            Ok(Parsed::Batch(
+                raw.into_iter()
+                    .enumerate()
+                    .map(|(index, raw)| Item {
+                        index,
+                        line: None,
+                        event: if cloud {
+                            structured_cloud_event(raw.get(), now, el)
+                        } else {
+                            parse_event(raw.get(), now, el)
+                        },
+                    })
+                    .collect(),
+            ))
+        }
+        Framing::Ndjson => {
+            let lines: Vec<(usize, &str)> =
+                text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i + 1, l)).collect();
+            check_batch(lines.len(), limits)?;
+            Ok(Parsed::Batch(
+                lines
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, (line, json))| Item { index, line: Some(line), event: parse_event(json, now, el) })
+                    .collect(),
+            ))
+        }
+    }
+}
+
+fn check_batch(n: usize, limits: &RequestLimits) -> Result<(), RequestError> {
+    if n == 0 {
+        Err(RequestError::EmptyBatch)
+    } else if n > limits.max_batch_events {
+        Err(RequestError::BatchTooLarge { events: n, limit: limits.max_batch_events })
+    } else {
+        Ok(())
+    }
+}
+
+/// serde's error for the whole text, with its position.
+fn malformed(text: &str) -> RequestError {
+    match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        Err(e) => RequestError::Malformed { message: e.to_string(), line: e.line(), column: e.column() },
+        // The text is JSON but not of the expected shape (e.g. an array of non-objects is fine per item;
+        // this is a top-level that is neither object nor array).
+        Ok(_) => RequestError::Malformed { message: "expected a JSON object or array".into(), line: 1, column: 1 },
+    }
+}
+
+const CE_REQUIRED: [&str; 4] = ["id", "source", "specversion", "type"];
+
+fn ce_string(raw: &RawValue, field: &'static str) -> Result<String, EventError> {
+    let value: String =
+        serde_json::from_str(raw.get()).map_err(|_| ce_error(field, format!("`{field}` must be a string")))?;
+    if value.is_empty() || value.chars().count() > MAX_NAME_LEN {
+        return Err(ce_error(field, format!("`{field}` must be 1-{MAX_NAME_LEN} characters")));
+    }
+    Ok(value)
+}
+
+fn ce_error(field: &'static str, message: String) -> EventError {
+    EventError { code: "invalid_cloudevent", field: Some(field), message }
+}
+
+fn ce_time(text: &str) -> Result<OffsetDateTime, EventError> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|e| ce_error("time", format!("`time` is not RFC 3339: {e}")))
+}
+
+/// A structured-mode CloudEvent (JSON object) mapped onto the envelope.
+pub fn structured_cloud_event(json: &str, now: OffsetDateTime, limits: &EventLimits) -> Result<Event, EventError> {
+    let attrs: BTreeMap<String, &RawValue> = serde_json::from_str(json).map_err(|e| EventError::malformed(&e))?;
+    for name in CE_REQUIRED {
+        if !attrs.contains_key(name) {
+            return Err(EventError {
+                code: "missing_field",
+                field: Some(name),
+                message: format!("CloudEvent attribute `{name}` is required"),
+            });
+        }
+    }
+    let specversion = ce_string(attrs["specversion"], "specversion")?;
+    if specversion != "1.0" {
+        return Err(ce_error("specversion", format!("specversion {specversion:?} is not supported; use 1.0")));
+    }
+    let mut event = Event {
+        id: ce_string(attrs["id"], "id")?,
+        event_type: ce_string(attrs["type"], "type")?,
+        source: Some(ce_string(attrs["source"], "source")?),
+        timestamp: now,
+        key: None,
+        headers: BTreeMap::new(),
+        payload: RawValue::from_string("null".into()).expect("null is JSON"),
+    };
+    for (name, raw) in &attrs {
+        match name.as_str() {
+            "id" | "type" | "source" | "specversion" => {}
+            "time" => event.timestamp = ce_time(&ce_string(raw, "time")?)?,
+            "partitionkey" => event.key = Some(ce_string(raw, "partitionkey")?),
+            "data" | "data_base64" => event.payload = (*raw).to_owned(),
+            other => {
+                // Extension and optional attributes travel as `ce_<name>` headers (CloudEvents Kafka binding).
+                let valid = !other.is_empty()
+                    && other.len() <= 20
+                    && other.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                if !valid {
+                    return Err(ce_error(
+                        "extension",
+                        format!("attribute name {other:?} is not a valid CloudEvents name"),
+                    ));
+                }
+                let value = match serde_json::from_str::<serde_json::Value>(raw.get()) {
+                    Ok(serde_json::Value::String(s)) => s,
+                    Ok(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => v.to_string(),
+                    _ => {
+                        return Err(ce_error(
+                            "extension",
+                            format!("attribute `{other}` must be a string, number or boolean"),
+                        ))
+                    }
+                };
+                event.headers.insert(format!("ce_{other}"), value);
+            }
+        }
+    }
+    check_header_limits(&event, limits)?;
+    Ok(event)
+}
+
+/// A binary-mode CloudEvent: attributes from `ce-*` headers, the body as data.
+fn binary_cloud_event(meta: &BodyMeta<'_>, body: &str, now: OffsetDateTime) -> Result<Event, EventError> {
+    let get = |name: &str| meta.ce_headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let required = |name: &'static str| -> Result<String, EventError> {
+        match get(name) {
+            Some(v) if !v.is_empty() && v.chars().count() <= MAX_NAME_LEN => Ok(v.to_string()),
+            Some(_) => Err(ce_error(name, format!("header ce-{name} must be 1-{MAX_NAME_LEN} characters"))),
+            None => Err(EventError {
+                code: "missing_field",
+                field: Some(name),
+                message: format!("header ce-{name} is required"),
+            }),
+        }
+    };
+    let specversion = required("specversion")?;
+    if specversion != "1.0" {
+        return Err(ce_error("specversion", format!("specversion {specversion:?} is not supported; use 1.0")));
+    }
+    let mime = meta.content_type.map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    let is_json = mime.as_deref().is_none_or(|m| m == "application/json" || m.ends_with("+json"));
+    let payload = if body.trim().is_empty() {
+        RawValue::from_string("null".into()).expect("null is JSON")
+    } else if is_json {
+        serde_json::from_str::<&RawValue>(body).map_err(|e| EventError::malformed(&e))?.to_owned()
+    } else {
+        // Non-JSON data is carried as a JSON string; its type stays in `ce_datacontenttype`.
+        RawValue::from_string(serde_json::to_string(body).expect("strings serialize")).expect("a JSON string")
+    };
+    let mut headers = BTreeMap::new();
+    for (name, value) in &meta.ce_headers {
+        if !matches!(name.as_str(), "id" | "type" | "source" | "specversion" | "time" | "partitionkey") {
+            headers.insert(format!("ce_{name}"), value.clone());
+        }
+    }
+    if let (false, Some(m)) = (is_json, mime) {
+        headers.insert("ce_datacontenttype".into(), m);
+    }
+    Ok(Event {
+        id: required("id")?,
+        event_type: required("type")?,
+        source: Some(required("source")?),
+        timestamp: match get("time") {
+            Some(t) => ce_time(t)?,
+            None => now,
+        },
+        key: get("partitionkey").map(str::to_string),
+        headers,
+        payload,
+    })
+}
+
+fn check_header_limits(event: &Event, limits: &EventLimits) -> Result<(), EventError> {
+    let bytes: usize = event.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if event.headers.len() > limits.max_headers || bytes > limits.max_header_bytes {
+        return Err(EventError {
+            code: "headers_too_large",
+            field: Some("headers"),
+            message: format!(
+                "{} headers of {bytes} bytes; the limits are {} headers and {} bytes",
+                event.headers.len(),
+                limits.max_headers,
+                limits.max_header_bytes
+            ),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn limits() -> RequestLimits {
+        RequestLimits {
+            max_decoded_bytes: 1 << 20,
+            max_batch_events: 100,
+            max_depth: 32,
+            event: EventLimits::default(),
+        }
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH
+    }
+
+    fn meta(ct: &str) -> BodyMeta<'_> {
+        BodyMeta { content_type: Some(ct), ..Default::default() }
+    }
+
+    #[test]
+    fn gzip_and_zstd_decode_and_bombs_stop_at_the_cap() {
+        let json = br#"{"type":"t","payload":1}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(json).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(&*decode(&gz, Some("gzip"), 1024).unwrap(), json);
+        let zs = zstd::encode_all(&json[..], 3).unwrap();
+        assert_eq!(&*decode(&zs, Some("zstd"), 1024).unwrap(), json);
+
+        let zeros = vec![0u8; 10 << 20];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&zeros).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 64 << 10);
+        assert_eq!(decode(&bomb, Some("gzip"), 1 << 20).unwrap_err(), RequestError::DecodedTooLarge { limit: 1 << 20 });
+        assert_eq!(decode(b"x", Some("br"), 10).unwrap_err(), RequestError::UnsupportedEncoding("br".into()));
+        assert!(matches!(decode(b"not gzip", Some("gzip"), 10).unwrap_err(), RequestError::Undecodable { .. }));
+    }
+
+    #[test]
+    fn ndjson_items_carry_their_line_numbers() {
+        let body = b"{\"type\":\"a\",\"payload\":1}\n\n{\"type\":\"b\"}\n{oops\n";
+        let Parsed::Batch(items) = parse_request(&meta("application/x-ndjson"), body, now(), &limits()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(items.iter().map(|i| i.line).collect::<Vec<_>>(), [Some(1), Some(3), Some(4)]);
+        assert!(items[0].event.is_ok());
+        assert_eq!(items[1].event.as_ref().unwrap_err().field, Some("payload"));
+        assert_eq!(items[2].event.as_ref().unwrap_err().code, "malformed_json");
+    }
+
+    #[test]
+    fn structured_cloud_event_maps_onto_the_envelope() {
+        let body = br#"{"specversion":"1.0","id":"c1","source":"/shop","type":"order","time":"2024-01-01T00:00:00Z",
+            "partitionkey":"cust-1","subject":"o-9","data":{"total":3}}"#;
+        let Parsed::Single(e) = parse_request(&meta("application/cloudevents+json"), body, now(), &limits()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((e.id.as_str(), e.event_type.as_str(), e.source.as_deref()), ("c1", "order", Some("/shop")));
+        assert_eq!(e.key.as_deref(), Some("cust-1"));
+        assert_eq!(e.headers["ce_subject"], "o-9");
+        assert_eq!(e.payload.get(), r#"{"total":3}"#);
+        let missing = br#"{"specversion":"1.0","id":"c1","type":"order"}"#;
+        let err = parse_request(&meta("application/cloudevents+json"), missing, now(), &limits()).unwrap_err();
+        assert!(matches!(err, RequestError::InvalidEvent(EventError { field: Some("source"), .. })), "{err:?}");
+    }
+
+    #[test]
+    fn binary_cloud_event_reads_ce_headers() {
+        let m = BodyMeta {
+            content_type: Some("text/plain"),
+            content_encoding: None,
+            ce_headers: vec![
+                ("specversion".into(), "1.0".into()),
+                ("id".into(), "b1".into()),
+                ("source".into(), "/s".into()),
+                ("type".into(), "t".into()),
+                ("traceid".into(), "x".into()),
+            ],
+        };
+        let Parsed::Single(e) = parse_request(&m, b"hello", now(), &limits()).unwrap() else { panic!() };
+        assert_eq!(e.payload.get(), r#""hello""#);
+        assert_eq!(e.headers["ce_traceid"], "x");
+        assert_eq!(e.headers["ce_datacontenttype"], "text/plain");
+    }
+
+    #[test]
+    fn request_level_errors() {
+        let l = limits();
+        assert_eq!(parse_request(&meta("application/json"), b"  ", now(), &l).unwrap_err(), RequestError::Empty);
+        assert_eq!(parse_request(&meta("application/json"), b"[]", now(), &l).unwrap_err(), RequestError::EmptyBatch);
+        assert_eq!(
+            parse_request(&meta("application/json"), b"\xff", now(), &l).unwrap_err(),
+            RequestError::InvalidUtf8 { at: 0 }
+        );
+        assert!(matches!(
+            parse_request(&meta("application/json"), b"[1,", now(), &l).unwrap_err(),
+            RequestError::Malformed { .. }
+        ));
+        assert_eq!(
+            parse_request(&meta("application/json"), &[b'['; 40], now(), &l).unwrap_err(),
+            RequestError::TooDeep { limit: 32 }
+        );
+        assert_eq!(
+            parse_request(&meta("application/xml"), b"<a/>", now(), &l).unwrap_err(),
+            RequestError::UnsupportedMediaType("application/xml".into())
+        );
+        let many = "[".to_string() + &vec![r#"{"type":"t","payload":1}"#; 101].join(",") + "]";
+        assert_eq!(
+            parse_request(&meta("application/json"), many.as_bytes(), now(), &l).unwrap_err(),
+            RequestError::BatchTooLarge { events: 101, limit: 100 }
+        );
+        for body in [&b"null"[..], b"42"] {
+            assert!(matches!(
+                parse_request(&meta("application/json"), body, now(), &l).unwrap_err(),
+                RequestError::InvalidEvent(_)
+            ));
+        }
+    }
+}
