@@ -524,3 +524,79 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            ".{0,20}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z]{1,6}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn limits() -> RequestLimits {
+        RequestLimits {
+            max_decoded_bytes: 1 << 20,
+            max_batch_events: 1000,
+            max_depth: 64,
+            event: EventLimits::default(),
+        }
+    }
+
+    proptest! {
+        /// Any valid envelope parses back to what was sent, and its normalized form parses to itself.
+        #[test]
+        fn valid_envelopes_round_trip(
+            id in proptest::option::of("[^\u{0}]{1,40}"),
+            event_type in "[^\u{0}]{1,40}",
+            key in proptest::option::of("[^\u{0}]{1,40}"),
+            headers in prop::collection::btree_map("[a-z][a-z0-9-]{0,10}", ".{0,20}", 0..5),
+            payload in json_value(),
+            ts in proptest::option::of(0i64..4_000_000_000),
+        ) {
+            let mut env = serde_json::json!({"type": event_type, "payload": payload});
+            if let Some(id) = &id { env["id"] = id.clone().into(); }
+            if let Some(key) = &key { env["key"] = key.clone().into(); }
+            if !headers.is_empty() { env["headers"] = serde_json::to_value(&headers).unwrap(); }
+            let when = ts.map(|t| OffsetDateTime::from_unix_timestamp(t).unwrap());
+            if let Some(w) = when { env["timestamp"] = w.format(&Rfc3339).unwrap().into(); }
+            let body = serde_json::to_vec(&env).unwrap();
+            let Parsed::Single(e) = parse_request(&BodyMeta::default(), &body, OffsetDateTime::UNIX_EPOCH, &limits()).unwrap() else {
+                panic!("a single object is a single event")
+            };
+            if let Some(id) = &id { prop_assert_eq!(&e.id, id); }
+            prop_assert_eq!(&e.event_type, &event_type);
+            prop_assert_eq!(&e.key, &key);
+            prop_assert_eq!(&e.headers, &headers);
+            prop_assert_eq!(serde_json::from_str::<serde_json::Value>(e.payload.get()).unwrap(), payload);
+            prop_assert_eq!(e.timestamp, when.unwrap_or(OffsetDateTime::UNIX_EPOCH));
+
+            let normalized = e.to_json(&e.timestamp_rfc3339());
+            let Parsed::Single(again) = parse_request(&BodyMeta::default(), &normalized, OffsetDateTime::now_utc(), &limits()).unwrap() else {
+                panic!("normalized form is a single event")
+            };
+            prop_assert_eq!(again.to_json(&again.timestamp_rfc3339()), normalized);
+        }
+
+        /// Arbitrary bytes under any framing give events or an error, never a panic.
+        #[test]
+        fn arbitrary_bodies_never_panic(body in prop::collection::vec(any::<u8>(), 0..512), framing in 0usize..5) {
+            let ct = ["application/json", "application/x-ndjson", "application/cloudevents+json",
+                      "application/cloudevents-batch+json", "text/plain"][framing];
+            let meta = BodyMeta { content_type: Some(ct), ..Default::default() };
+            let _ = parse_request(&meta, &body, OffsetDateTime::UNIX_EPOCH, &limits());
+        }
+    }
+}
