@@ -99,6 +99,12 @@ pub const KEYS: &[Key] = &[
         default: "",
         accepts: "a comma-separated list of topic names writable through POST /topics/{topic}/events",
     },
+    Key { env: "SPOOL_DIR", default: "spool", accepts: "a writable directory for the local spool and the ledger" },
+    Key {
+        env: "SPOOL_MAX_BYTES",
+        default: "268435456",
+        accepts: "an integer 4096-1099511627776 (bytes; at the limit new events get 503)",
+    },
     Key { env: "REQUEST_TIMEOUT", default: "30s", accepts: "a duration with a unit, 100ms-10m" },
     Key {
         env: "SHUTDOWN_DRAIN_DELAY",
@@ -129,6 +135,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub ingest: IngestSettings,
     pub rate_limit: RateLimitSettings,
+    pub spool: SpoolSettings,
     pub shutdown: ShutdownSettings,
 }
 
@@ -241,6 +248,12 @@ pub struct RateLimitSettings {
     /// 0 disables the global limit.
     pub rps: u32,
     pub burst: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -464,6 +477,8 @@ impl Settings {
             let topics: Vec<String> = s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
             topics.iter().all(|t| valid_topic(t)).then_some(topics)
         });
+        let spool_dir = r.parse("SPOOL_DIR", |s| (!s.is_empty()).then(|| PathBuf::from(s)));
+        let spool_max_bytes = r.int::<u64>("SPOOL_MAX_BYTES", 4096, 1 << 40);
         let request_timeout = r.duration("REQUEST_TIMEOUT", Duration::from_millis(100), Duration::from_secs(600));
         let drain_delay = r.duration("SHUTDOWN_DRAIN_DELAY", Duration::ZERO, Duration::from_secs(600));
         let shutdown_timeout = r.duration("SHUTDOWN_TIMEOUT", Duration::from_secs(1), Duration::from_secs(3600));
@@ -516,6 +531,7 @@ impl Settings {
                     max_event_header_bytes: max_event_header_bytes?,
                 },
                 rate_limit: RateLimitSettings { rps: rps?, burst: burst? },
+                spool: SpoolSettings { dir: spool_dir?, max_bytes: spool_max_bytes? },
                 shutdown: ShutdownSettings { drain_delay: drain_delay?, timeout: shutdown_timeout? },
             })
         })();

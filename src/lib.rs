@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Brokers, Settings};
 use crate::http::{AppState, IngestLimits, Topics};
 use crate::ingest::{IngestQueue, Sink};
-use crate::kafka::{EmbeddedKafka, Publisher};
+use crate::kafka::{EmbeddedKafka, Ledger, Publisher, Spool};
 use crate::lifecycle::{Readiness, Shutdown};
 use crate::telemetry::{Metrics, QueueGauge};
 
@@ -37,13 +37,17 @@ pub enum StartError {
     Embedded(String),
     #[error("cannot create the Kafka producer: {0}")]
     Producer(#[from] rdkafka::error::KafkaError),
+    #[error("cannot open the spool directory {dir}: {source}")]
+    Spool { dir: std::path::PathBuf, source: std::io::Error },
 }
 
 /// What the shutdown did, for the exit log and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Events accepted but neither published nor dead-lettered when the budget ran out.
+    /// Events accepted but neither published, dead-lettered nor spooled: lost.
     pub undelivered: usize,
+    /// Bytes in the spool at exit (replayed on the next start).
+    pub spooled_bytes: u64,
     pub forced: bool,
 }
 
@@ -56,7 +60,9 @@ pub struct Application {
     publisher: Arc<Publisher>,
     workers: JoinSet<()>,
     failures_task: JoinHandle<()>,
+    failures_stop: CancellationToken,
     health_stop: CancellationToken,
+    ledger: Arc<Ledger>,
     bootstrap: String,
     embedded: Option<EmbeddedKafka>,
 }
@@ -87,9 +93,27 @@ impl Application {
 
         let queue_gauge = Arc::new(QueueGauge::new(settings.ingest.queue_size));
         let metrics = Metrics::new(queue_gauge.clone());
+        let spool_error = |source| StartError::Spool { dir: settings.spool.dir.clone(), source };
+        let (ledger, previous) = Ledger::open(&settings.spool.dir).map_err(spool_error)?;
+        if let Some(previous) = previous.filter(|p| p.unresolved() > 0) {
+            tracing::error!(
+                unresolved = previous.unresolved(),
+                accepted = previous.accepted,
+                resolved = previous.resolved,
+                "the previous run stopped without a clean shutdown: up to this many accepted events were never \
+                 published, dead-lettered or spooled (anything it spooled is replayed)"
+            );
+            metrics.set_unresolved_previous_run(previous.unresolved());
+        }
+        let spool = Spool::open(&settings.spool.dir, settings.spool.max_bytes, metrics.clone()).map_err(spool_error)?;
+        if spool.bytes() > 0 {
+            tracing::warn!(dir = %settings.spool.dir.display(), bytes = spool.bytes(), "the spool holds events; they are replayed once Kafka answers");
+        }
+        metrics.set_spool_bytes(spool.bytes());
         let (publisher, failures) =
-            Publisher::new(&settings.kafka, &bootstrap, settings.ingest.queue_size, metrics.clone())?;
-        let failures_task = tokio::spawn(publisher.clone().run_failures(failures));
+            Publisher::new(&settings.kafka, &bootstrap, settings.ingest.queue_size, metrics.clone(), spool.clone())?;
+        let failures_stop = CancellationToken::new();
+        let failures_task = tokio::spawn(publisher.clone().run_failures(failures, failures_stop.clone()));
 
         let bind = |port: u16| SocketAddr::new(settings.http.bind, port);
         let main_listener = TcpListener::bind(bind(settings.http.port))
@@ -105,9 +129,14 @@ impl Application {
             tracing::warn!("PUBLISHER=noop: events are acknowledged and dropped (benchmarks only)");
             Sink::Noop(metrics.clone())
         };
-        let (queue, workers) = IngestQueue::start(settings.ingest.worker_pool_size, sink, metrics.clone());
-        let readiness =
-            Arc::new(Readiness::new(settings.kafka.unreachable_window, queue_gauge, settings.ingest.queue_high_water));
+        let ledger = Arc::new(ledger);
+        let (queue, workers) =
+            IngestQueue::start(settings.ingest.worker_pool_size, sink, metrics.clone(), ledger.clone());
+        let readiness = Arc::new(Readiness::new(
+            settings.kafka.unreachable_window,
+            queue_gauge.clone(),
+            settings.ingest.queue_high_water,
+        ));
         let health_stop = CancellationToken::new();
         tokio::spawn(kafka::health::monitor(
             publisher.clone(),
@@ -116,6 +145,14 @@ impl Application {
             readiness.clone(),
             health_stop.clone(),
         ));
+        tokio::spawn(kafka::replay::run(
+            publisher.clone(),
+            readiness.clone(),
+            metrics.clone(),
+            settings.kafka.write_timeout + Duration::from_secs(5),
+            health_stop.clone(),
+        ));
+        tokio::spawn(write_ledger(ledger.clone(), queue_gauge.clone(), health_stop.clone()));
 
         let state = AppState {
             queue,
@@ -127,6 +164,7 @@ impl Application {
             // One full librdkafka attempt plus a margin for the delivery report to arrive.
             ack_timeout: settings.kafka.write_timeout + Duration::from_secs(1),
             limits: Arc::new(IngestLimits::from_settings(&settings)),
+            spool,
         };
         Ok(Application {
             settings,
@@ -136,7 +174,9 @@ impl Application {
             publisher,
             workers,
             failures_task,
+            failures_stop,
             health_stop,
+            ledger,
             bootstrap,
             embedded,
         })
@@ -171,7 +211,9 @@ impl Application {
             publisher,
             mut workers,
             failures_task,
+            failures_stop,
             health_stop,
+            ledger,
             embedded,
             ..
         } = self;
@@ -246,24 +288,54 @@ impl Application {
         let _ = tokio::task::spawn_blocking(move || p.flush(flush_budget)).await;
         tracing::info!(elapsed_ms = step.elapsed().as_millis() as u64, "producer flushed");
 
+        // Past the budget (or forced): nothing is dropped. Retries still waiting, jobs no worker took,
+        // and what librdkafka still holds all go to the spool, fsynced, to be replayed on the next start.
+        failures_stop.cancel();
+        let _ = failures_task.await;
         workers.abort_all();
-        failures_task.abort();
-        health_stop.cancel();
-        let undelivered = state.metrics.pending();
-        if undelivered > 0 {
-            // Whatever librdkafka still holds is purged and counted; what sat elsewhere (a retry waiting
-            // out its backoff, a job a forced stop left in the queue) is counted here.
+        let spool = publisher.spool().clone();
+        let leftovers = state.queue.take_remaining();
+        if !leftovers.is_empty() {
+            tracing::warn!(events = leftovers.len(), "shutdown: spooling events no worker took");
+        }
+        for record in leftovers {
+            if let Err(r) = spool.submit(record) {
+                tracing::error!(id = %r.id, "event could not be spooled at shutdown; lost");
+                state.metrics.lost(1);
+            }
+        }
+        let unsent = state.metrics.pending();
+        if unsent > 0 {
             let p = publisher.clone();
             let _ = tokio::task::spawn_blocking(move || p.abandon()).await;
-            state.metrics.lost(state.metrics.pending());
-            tracing::error!(undelivered, "events accepted but not delivered when the shutdown budget ran out");
+            tracing::warn!(events = unsent, "shutdown budget spent: spooling what Kafka had not acknowledged");
         }
+        health_stop.cancel();
+        let s = spool.clone();
+        let _ = tokio::task::spawn_blocking(move || s.close()).await;
+        let undelivered = state.metrics.pending();
+        if undelivered > 0 {
+            tracing::error!(undelivered, "events neither delivered nor spooled at shutdown; counted as lost");
+            state.metrics.lost(undelivered);
+        }
+        ledger.clean_stop(state.metrics.queue().resolved_total());
         admin_stop.cancel();
         let _ = admin_server.await;
         drop(publisher);
         drop(embedded);
-        let report = ShutdownReport { undelivered, forced: shutdown.is_forced() };
+        let report = ShutdownReport { undelivered, spooled_bytes: spool.bytes(), forced: shutdown.is_forced() };
         tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, ?report, "shutdown complete");
         Ok(report)
+    }
+}
+
+/// Writes the resolved count to the ledger every 100 ms (accepted counts are written as they happen).
+async fn write_ledger(ledger: Arc<Ledger>, gauge: Arc<QueueGauge>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => ledger.resolved(gauge.resolved_total()),
+        }
     }
 }

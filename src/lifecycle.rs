@@ -18,6 +18,7 @@ pub struct Readiness {
     draining: AtomicBool,
     /// Milliseconds since `origin` of the last successful metadata fetch, plus one (0 = never).
     kafka_ok_at: AtomicU64,
+    kafka_up: AtomicBool,
     unreachable_window: Duration,
     queue: Arc<QueueGauge>,
     high_water: f64,
@@ -38,6 +39,7 @@ impl Readiness {
             started: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             kafka_ok_at: AtomicU64::new(0),
+            kafka_up: AtomicBool::new(false),
             unreachable_window,
             queue,
             high_water,
@@ -60,6 +62,17 @@ impl Readiness {
     pub fn kafka_reachable(&self) {
         let now = self.origin.elapsed().as_millis() as u64 + 1;
         self.kafka_ok_at.store(now, Ordering::Release);
+        self.kafka_up.store(true, Ordering::Release);
+    }
+
+    /// The last metadata fetch failed.
+    pub fn kafka_unreachable(&self) {
+        self.kafka_up.store(false, Ordering::Release);
+    }
+
+    /// The last metadata fetch succeeded.
+    pub fn kafka_ok(&self) -> bool {
+        self.kafka_up.load(Ordering::Acquire)
     }
 
     pub fn kafka_ever_reachable(&self) -> bool {

@@ -348,6 +348,14 @@ fn enqueue(
     received_at: Instant,
 ) -> Result<Option<Arc<AckBatch>>, ApiError> {
     let n = records.len();
+    if state.spool.is_full() {
+        state.metrics.rejected("spool_full", n);
+        return Err(ApiError::unavailable(
+            "spool_full",
+            "the local spool is at its size limit (SPOOL_MAX_BYTES): events that Kafka failed could not be kept",
+            30,
+        ));
+    }
     let acks = (mode == AckMode::Kafka).then(|| AckBatch::new(n));
     match state.queue.try_push(records, acks.clone(), received_at) {
         Ok(()) => Ok(acks),

@@ -77,6 +77,8 @@ pub struct AppState {
     /// How long an `ack=kafka` request waits for the broker.
     pub ack_timeout: Duration,
     pub limits: Arc<IngestLimits>,
+    /// At its size limit, new events are refused: they could not be kept if Kafka failed them.
+    pub spool: Arc<crate::kafka::Spool>,
 }
 
 impl IngestLimits {

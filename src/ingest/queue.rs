@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use crate::kafka::delivery::{AckBatch, DeliveryTicket, Destination};
-use crate::kafka::{OutboundRecord, Publisher};
+use crate::kafka::{DeliveryOutcome, Ledger, OutboundRecord, Publisher, SpoolRecord};
 use crate::telemetry::Metrics;
 
 /// Where the workers hand events.
@@ -44,6 +44,9 @@ pub enum QueueError {
 #[derive(Clone)]
 pub struct IngestQueue {
     tx: async_channel::Sender<Job>,
+    /// Kept to take what is left when a shutdown gives up on the workers.
+    rx: async_channel::Receiver<Job>,
+    ledger: Arc<Ledger>,
     metrics: Metrics,
     /// Recent drain rate in events/s (updated every second).
     drain_rate: Arc<AtomicU64>,
@@ -51,12 +54,13 @@ pub struct IngestQueue {
 
 impl IngestQueue {
     /// Creates the queue (capacity from the metrics' queue gauge) and starts `workers` workers.
-    pub fn start(workers: usize, sink: Sink, metrics: Metrics) -> (Self, JoinSet<()>) {
+    pub fn start(workers: usize, sink: Sink, metrics: Metrics, ledger: Arc<Ledger>) -> (Self, JoinSet<()>) {
         let (tx, rx) = async_channel::unbounded::<Job>();
+        let worker_rx = rx.clone();
         let drain_rate = Arc::new(AtomicU64::new(0));
         let mut set = JoinSet::new();
         for _ in 0..workers {
-            let rx = rx.clone();
+            let rx = worker_rx.clone();
             let sink = sink.clone();
             set.spawn(async move {
                 while let Ok(job) = rx.recv().await {
@@ -67,7 +71,7 @@ impl IngestQueue {
                 }
             });
         }
-        let queue = IngestQueue { tx, metrics, drain_rate };
+        let queue = IngestQueue { tx, rx, ledger, metrics, drain_rate };
         tokio::spawn(queue.clone().estimate_drain_rate());
         (queue, set)
     }
@@ -91,10 +95,12 @@ impl IngestQueue {
             return Err(QueueError::Full { retry_after_secs: self.retry_after_secs(n) });
         }
         if self.tx.try_send(Job { records, acks, received_at }).is_err() {
-            gauge.release(n);
+            gauge.give_back(n);
             return Err(QueueError::Closed);
         }
         self.metrics.accepted(n);
+        // On disk before the 2xx: after a crash the next start can tell how many were accepted.
+        self.ledger.accepted(n as u64);
         Ok(())
     }
 
@@ -109,6 +115,23 @@ impl IngestQueue {
     /// Stops taking jobs; queued jobs are still delivered by the workers, which then exit.
     pub fn close(&self) {
         self.tx.close();
+    }
+
+    /// The records of jobs no worker took (a shutdown that ran out of time), as spool records.
+    pub fn take_remaining(&self) -> Vec<SpoolRecord> {
+        let mut out = Vec::new();
+        while let Ok(job) = self.rx.try_recv() {
+            if let Some(acks) = &job.acks {
+                for i in 0..job.records.len() {
+                    acks.resolve(
+                        i,
+                        DeliveryOutcome::Failed { code: "Shutdown".into(), message: "shutting down".into() },
+                    );
+                }
+            }
+            out.extend(job.records.into_iter().map(OutboundRecord::into_spool_record));
+        }
+        out
     }
 
     async fn estimate_drain_rate(self) {
@@ -136,6 +159,7 @@ async fn send_job(publisher: &Publisher, job: Job) {
     for (index, record) in records.into_iter().enumerate() {
         let ticket = Box::new(DeliveryTicket {
             id: record.id.clone(),
+            topic: record.topic.clone(),
             received_at,
             attempt: 1,
             destination: Destination::Primary,
@@ -149,7 +173,7 @@ fn discard_job(metrics: &Metrics, job: Job) {
     for index in 0..job.records.len() {
         metrics.published(job.received_at.elapsed());
         if let Some(acks) = &job.acks {
-            acks.resolve(index, crate::kafka::DeliveryOutcome::Delivered { partition: -1, offset: -1 });
+            acks.resolve(index, DeliveryOutcome::Delivered { partition: -1, offset: -1 });
         }
     }
 }

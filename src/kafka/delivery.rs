@@ -53,17 +53,22 @@ impl AckBatch {
     }
 }
 
-/// Where a record is going: its own topic, or the dead-letter topic after failing there.
+/// Where a record is going: its own topic, the dead-letter topic after failing there, or its own topic
+/// again from the spool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Destination {
     Primary,
     DeadLetter,
+    /// Replayed from the spool: holds no queue slot; a failure goes back to the spool.
+    Replay,
 }
 
 /// Travels with each record through librdkafka and comes back in its delivery report.
 #[derive(Debug)]
 pub struct DeliveryTicket {
     pub id: String,
+    /// The event's own topic (kept when the record goes to the DLQ, for the spool).
+    pub topic: Arc<str>,
     pub received_at: Instant,
     /// 1 for the first attempt.
     pub attempt: u32,

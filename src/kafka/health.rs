@@ -41,6 +41,7 @@ pub async fn monitor(
                 true
             }
             Ok(Err(e)) => {
+                readiness.kafka_unreachable();
                 if was_ok != Some(false) {
                     tracing::warn!(error = %e, "kafka metadata fetch failed; brokers unreachable");
                 }

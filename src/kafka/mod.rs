@@ -7,9 +7,12 @@ pub mod embedded;
 pub mod health;
 pub mod publisher;
 pub mod record;
+pub mod replay;
+pub mod spool;
 
 pub use client_config::{client_config, ClientRole};
 pub use delivery::{AckBatch, DeliveryOutcome};
 pub use embedded::EmbeddedKafka;
 pub use publisher::Publisher;
 pub use record::OutboundRecord;
+pub use spool::{Ledger, Spool, SpoolRecord};

@@ -3,20 +3,25 @@
 //!
 //! Delivery reports arrive on librdkafka's polling thread through `DeliveryContext::delivery`. The
 //! success path does no allocation; a failure copies the record out of librdkafka and hands it to
-//! `run_failures`, which retries it with backoff or writes it to the dead-letter topic.
+//! `run_failures`, which retries it with backoff or writes it to the dead-letter topic. What the
+//! dead-letter topic does not take either, and what is left when shutdown gives up, goes to the spool.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Statistics};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
 
 use super::client_config::{client_config, ClientRole};
 use super::delivery::{error_code, is_retriable, DeliveryOutcome, DeliveryTicket, Destination};
+use super::spool::{Spool, SpoolRecord};
 use crate::config::KafkaSettings;
 use crate::telemetry::Metrics;
 
@@ -32,11 +37,39 @@ pub struct FailedDelivery {
     pub timestamp_ms: Option<i64>,
 }
 
+/// Headers the dead-letter path adds; dropped again when such a record is spooled for its own topic.
+const DLQ_HEADERS: [&str; 4] = ["x-error-code", "x-error-message", "x-original-topic", "x-attempts"];
+
+impl FailedDelivery {
+    /// The spool form: the event for its own topic, without dead-letter headers.
+    fn into_spool_record(self) -> SpoolRecord {
+        use rdkafka::message::Headers;
+        let headers = self
+            .headers
+            .map(|h| {
+                h.iter()
+                    .filter(|hd| !DLQ_HEADERS.contains(&hd.key))
+                    .map(|hd| (hd.key.to_string(), hd.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        SpoolRecord {
+            id: self.ticket.id,
+            topic: self.ticket.topic.to_string(),
+            key: self.key,
+            value: self.value,
+            headers,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
 /// Receives delivery reports on librdkafka's polling thread.
 pub struct DeliveryContext {
     metrics: Metrics,
     failures: mpsc::UnboundedSender<FailedDelivery>,
-    /// Set at the end of shutdown: failures are no longer retried, only counted.
+    spool: Arc<Spool>,
+    /// Set at the end of shutdown: failures are no longer retried, they go to the spool.
     abandoning: AtomicBool,
 }
 
@@ -50,31 +83,33 @@ impl ClientContext for DeliveryContext {
 
 impl DeliveryContext {
     /// Routes a failure: a waiting caller is told at once (it may retry; a dead letter would duplicate);
-    /// anything else goes to `run_failures` for a retry or the dead-letter topic.
+    /// a replayed record goes back to the spool; anything else goes to `run_failures` for a retry or the
+    /// dead-letter topic — or, once shutdown has given up, to the spool.
     fn fail(&self, failure: FailedDelivery) {
-        if self.abandoning.load(Ordering::Acquire) {
-            if let Some((batch, index)) = &failure.ticket.ack {
-                batch.resolve(
-                    *index,
-                    DeliveryOutcome::Failed { code: error_code(&failure.error), message: "shutting down".into() },
-                );
-            }
-            self.metrics.lost(1);
-            return;
-        }
         if let Some((batch, index)) = &failure.ticket.ack {
-            self.metrics.failed_and_reported();
-            batch.resolve(
-                *index,
-                DeliveryOutcome::Failed { code: error_code(&failure.error), message: failure.error.to_string() },
-            );
+            if failure.ticket.destination != Destination::Replay {
+                self.metrics.failed_and_reported();
+            }
+            let message = failure.error.to_string();
+            batch.resolve(*index, DeliveryOutcome::Failed { code: error_code(&failure.error), message });
             return;
         }
-        if let Err(mpsc::error::SendError(lost)) = self.failures.send(failure) {
-            // Only after shutdown has stopped the failure loop: say so and count it.
-            tracing::error!(id = %lost.ticket.id, error = %lost.error, "delivery failed after shutdown; event lost");
-            self.metrics.lost(1);
+        if self.abandoning.load(Ordering::Acquire) {
+            spool_or_count_lost(&self.spool, &self.metrics, failure);
+            return;
         }
+        if let Err(mpsc::error::SendError(failure)) = self.failures.send(failure) {
+            spool_or_count_lost(&self.spool, &self.metrics, failure);
+        }
+    }
+}
+
+/// Spools a failed event; if the spool cannot take it either, says so and counts it lost.
+fn spool_or_count_lost(spool: &Spool, metrics: &Metrics, failure: FailedDelivery) {
+    let error = failure.error.to_string();
+    if let Err(record) = spool.submit(failure.into_spool_record()) {
+        tracing::error!(id = %record.id, topic = %record.topic, error, "event could not be delivered nor spooled; lost");
+        metrics.lost(1);
     }
 }
 
@@ -83,18 +118,19 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<DeliveryTicket>) {
         match result {
-            Ok(msg) => match ticket.destination {
-                Destination::Primary => {
-                    self.metrics.published(ticket.received_at.elapsed());
-                    if let Some((batch, index)) = &ticket.ack {
-                        batch.resolve(
-                            *index,
-                            DeliveryOutcome::Delivered { partition: msg.partition(), offset: msg.offset() },
-                        );
-                    }
+            Ok(msg) => {
+                match ticket.destination {
+                    Destination::Primary => self.metrics.published(ticket.received_at.elapsed()),
+                    Destination::DeadLetter => self.metrics.dead_lettered(),
+                    Destination::Replay => self.metrics.replayed(),
                 }
-                Destination::DeadLetter => self.metrics.dead_lettered(),
-            },
+                if let Some((batch, index)) = &ticket.ack {
+                    batch.resolve(
+                        *index,
+                        DeliveryOutcome::Delivered { partition: msg.partition(), offset: msg.offset() },
+                    );
+                }
+            }
             Err((error, msg)) => self.fail(FailedDelivery {
                 ticket,
                 error: error.clone(),
@@ -105,6 +141,22 @@ impl ProducerContext for DeliveryContext {
                 timestamp_ms: msg.timestamp().to_millis(),
             }),
         }
+    }
+}
+
+/// Failed deliveries waiting out their retry backoff.
+#[derive(Default)]
+struct Parked {
+    timers: DelayQueue<u64>,
+    items: std::collections::HashMap<u64, FailedDelivery>,
+    next: u64,
+}
+
+impl Parked {
+    fn park(&mut self, failed: FailedDelivery, delay: Duration) {
+        self.next += 1;
+        self.items.insert(self.next, failed);
+        self.timers.insert(self.next, delay);
     }
 }
 
@@ -124,9 +176,10 @@ impl Publisher {
         bootstrap: &str,
         queue_size: usize,
         metrics: Metrics,
+        spool: Arc<Spool>,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<FailedDelivery>), KafkaError> {
         let (failures, rx) = mpsc::unbounded_channel();
-        let context = DeliveryContext { metrics: metrics.clone(), failures, abandoning: AtomicBool::new(false) };
+        let context = DeliveryContext { metrics: metrics.clone(), failures, spool, abandoning: AtomicBool::new(false) };
         let producer: ThreadedProducer<DeliveryContext> =
             client_config(settings, bootstrap, ClientRole::Producer, queue_size).create_with_context(context)?;
         let publisher = Publisher {
@@ -193,43 +246,67 @@ impl Publisher {
         }
     }
 
-    /// Retries or dead-letters each failed delivery until the channel closes (shutdown aborts it).
-    pub async fn run_failures(self: Arc<Self>, mut failures: mpsc::UnboundedReceiver<FailedDelivery>) {
-        while let Some(mut failed) = failures.recv().await {
-            match failed.ticket.destination {
-                Destination::DeadLetter => {
-                    tracing::error!(
-                        id = %failed.ticket.id,
-                        error = %failed.error,
-                        dlq_topic = %self.dlq_topic,
-                        "dead-letter write failed; event lost"
-                    );
-                    self.metrics.lost(1);
+    /// Retries (after a backoff) or dead-letters each failed delivery until `stop`; then spools the
+    /// retries still waiting and whatever failed since.
+    pub async fn run_failures(
+        self: Arc<Self>,
+        mut failures: mpsc::UnboundedReceiver<FailedDelivery>,
+        stop: CancellationToken,
+    ) {
+        // Retries wait out their backoff here (not in detached tasks), so shutdown can spool them.
+        let mut parked = Parked::default();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                Some(failed) = failures.recv() => self.route(failed, &mut parked).await,
+                Some(due) = parked.timers.next(), if !parked.timers.is_empty() => {
+                    if let Some(f) = parked.items.remove(due.get_ref()) {
+                        self.send_raw(&f.topic, f.key.as_deref(), &f.value, f.headers, f.timestamp_ms, f.ticket).await;
+                    }
                 }
-                Destination::Primary if is_retriable(&failed.error) && failed.ticket.attempt <= self.max_retries => {
-                    self.metrics.retried();
-                    let shift = (failed.ticket.attempt - 1).min(8);
-                    let delay = (self.retry_backoff * (1 << shift)).min(Duration::from_secs(30));
-                    tracing::debug!(id = %failed.ticket.id, attempt = failed.ticket.attempt, error = %failed.error, ?delay, "retrying delivery");
-                    failed.ticket.attempt += 1;
-                    let this = self.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let f = failed;
-                        this.send_raw(&f.topic, f.key.as_deref(), &f.value, f.headers, f.timestamp_ms, f.ticket).await;
-                    });
-                }
-                Destination::Primary => {
-                    self.metrics.failed();
-                    tracing::warn!(
-                        id = %failed.ticket.id,
-                        topic = %failed.topic,
-                        attempts = failed.ticket.attempt,
-                        error = %failed.error,
-                        "delivery failed terminally; writing to the dead-letter topic"
-                    );
-                    self.dead_letter(failed).await;
-                }
+            }
+        }
+        failures.close();
+        let spool = &self.producer.context().spool;
+        let mut left = 0;
+        for failed in std::iter::from_fn(|| failures.try_recv().ok()).chain(parked.items.into_values()) {
+            left += 1;
+            spool_or_count_lost(spool, &self.metrics, failed);
+        }
+        if left > 0 {
+            tracing::warn!(events = left, "shutdown: spooled events that were waiting for a retry or a dead letter");
+        }
+    }
+
+    async fn route(&self, mut failed: FailedDelivery, parked: &mut Parked) {
+        match failed.ticket.destination {
+            Destination::DeadLetter | Destination::Replay => {
+                tracing::error!(
+                    id = %failed.ticket.id,
+                    error = %failed.error,
+                    "the dead-letter topic did not take the event either; spooling it"
+                );
+                spool_or_count_lost(&self.producer.context().spool, &self.metrics, failed);
+            }
+            Destination::Primary if is_retriable(&failed.error) && failed.ticket.attempt <= self.max_retries => {
+                self.metrics.retried();
+                let shift = (failed.ticket.attempt - 1).min(8);
+                let delay = (self.retry_backoff * (1 << shift)).min(Duration::from_secs(30));
+                tracing::debug!(id = %failed.ticket.id, attempt = failed.ticket.attempt, error = %failed.error, ?delay, "retrying delivery");
+                failed.ticket.attempt += 1;
+                parked.park(failed, delay);
+            }
+            Destination::Primary => {
+                self.metrics.failed();
+                tracing::warn!(
+                    id = %failed.ticket.id,
+                    topic = %failed.topic,
+                    attempts = failed.ticket.attempt,
+                    error = %failed.error,
+                    "delivery failed terminally; writing to the dead-letter topic"
+                );
+                self.dead_letter(failed).await;
             }
         }
     }
@@ -258,13 +335,17 @@ impl Publisher {
         self.producer.flush(timeout)
     }
 
-    /// Gives up on what librdkafka still holds (end of the shutdown budget): purges it and counts each
-    /// purged event as lost. Blocking; call from a blocking context.
+    /// Gives up on what librdkafka still holds (end of the shutdown budget): purges it, and each purged
+    /// event goes to the spool. Blocking; call from a blocking context.
     pub fn abandon(&self) {
         self.producer.context().abandoning.store(true, Ordering::Release);
         self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
         // Purged messages come back as delivery reports on the next poll.
         let _ = self.producer.flush(Duration::from_millis(500));
+    }
+
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.producer.context().spool
     }
 
     /// Records librdkafka still holds (queued or in flight to the broker).

@@ -44,3 +44,19 @@ impl OutboundRecord {
         }
     }
 }
+
+impl OutboundRecord {
+    /// The spool form of a record that never reached librdkafka.
+    pub fn into_spool_record(self) -> super::SpoolRecord {
+        use rdkafka::message::Headers;
+        let headers = self.headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect();
+        super::SpoolRecord {
+            id: self.id,
+            topic: self.topic.to_string(),
+            key: Some(self.key),
+            value: self.value,
+            headers,
+            timestamp_ms: Some(self.timestamp_ms),
+        }
+    }
+}

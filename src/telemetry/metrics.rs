@@ -11,7 +11,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
@@ -70,6 +70,11 @@ impl QueueGauge {
         self.resolved.fetch_add(n as u64, Ordering::Relaxed);
     }
 
+    /// Gives back slots of events that were never accepted (the queue closed under the request).
+    pub fn give_back(&self, n: usize) {
+        self.slots.add_permits(n);
+    }
+
     pub fn resolved_total(&self) -> u64 {
         self.resolved.load(Ordering::Relaxed)
     }
@@ -124,6 +129,11 @@ struct Inner {
     events_dead_lettered: Counter,
     events_lost: Counter,
     events_retried: Counter,
+    events_spooled: Counter,
+    events_replayed: Counter,
+    spool_corrupt: Counter,
+    spool_bytes: Gauge,
+    unresolved_previous_run: Gauge,
     events_rejected: Family<ReasonLabel, Counter>,
     http_requests: Family<StatusLabel, Counter>,
     http_duration: Family<HttpLabels, Histogram>,
@@ -159,6 +169,32 @@ impl Metrics {
             "Delivery attempts repeated after a retriable failure",
             events_retried.clone(),
         );
+        let events_spooled = Counter::default();
+        registry.register(
+            "events_spooled",
+            "Events written to the local spool because neither their topic nor the DLQ took them",
+            events_spooled.clone(),
+        );
+        let events_replayed = Counter::default();
+        registry.register(
+            "events_replayed",
+            "Spooled events replayed to Kafka and acknowledged",
+            events_replayed.clone(),
+        );
+        let spool_corrupt = Counter::default();
+        registry.register(
+            "spool_corrupt_segments",
+            "Spool segments whose tail was torn or corrupt (skipped)",
+            spool_corrupt.clone(),
+        );
+        let spool_bytes = Gauge::default();
+        registry.register_with_unit("spool_size", "Bytes in the local spool", Unit::Bytes, spool_bytes.clone());
+        let unresolved_previous_run = Gauge::default();
+        registry.register(
+            "events_unresolved_previous_run",
+            "Events the previous run accepted but had not resolved when it stopped without a clean shutdown (upper bound)",
+            unresolved_previous_run.clone(),
+        );
         let events_rejected = Family::<ReasonLabel, Counter>::default();
         registry.register("events_rejected", "Events refused at ingest, by reason", events_rejected.clone());
         let http_requests = Family::<StatusLabel, Counter>::default();
@@ -191,6 +227,11 @@ impl Metrics {
             events_dead_lettered,
             events_lost,
             events_retried,
+            events_spooled,
+            events_replayed,
+            spool_corrupt,
+            spool_bytes,
+            unresolved_previous_run,
             events_rejected,
             http_requests,
             http_duration,
@@ -221,6 +262,29 @@ impl Metrics {
         self.resolved();
     }
 
+    /// `n` events made durable in the spool: resolved as far as this process is concerned.
+    pub fn spooled(&self, n: usize) {
+        self.0.events_spooled.inc_by(n as u64);
+        self.0.queue.release(n);
+    }
+
+    /// A spooled event acknowledged by Kafka on replay (it holds no queue slot).
+    pub fn replayed(&self) {
+        self.0.events_replayed.inc();
+    }
+
+    pub fn spool_corrupt_segment(&self) {
+        self.0.spool_corrupt.inc();
+    }
+
+    pub fn set_spool_bytes(&self, bytes: u64) {
+        self.0.spool_bytes.set(bytes as i64);
+    }
+
+    pub fn set_unresolved_previous_run(&self, n: u64) {
+        self.0.unresolved_previous_run.set(n as i64);
+    }
+
     pub fn retried(&self) {
         self.0.events_retried.inc();
     }
@@ -245,6 +309,11 @@ impl Metrics {
     pub fn lost(&self, n: usize) {
         self.0.events_lost.inc_by(n as u64);
         self.0.queue.release(n);
+    }
+
+    /// A spooled event (no queue slot) that could not be kept.
+    pub fn lost_after_spool(&self) {
+        self.0.events_lost.inc();
     }
 
     fn resolved(&self) {

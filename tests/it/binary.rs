@@ -21,8 +21,10 @@ struct Running {
 
 /// Starts the binary with `env` and waits for its "listening" log line, which names both addresses.
 fn start_binary(env: &[(&str, &str)]) -> Running {
+    let spool = tempfile::tempdir().unwrap().keep();
     let mut child = Command::new(BIN)
         .env_clear()
+        .env("SPOOL_DIR", &spool)
         .env("BIND_ADDRESS", "127.0.0.1")
         .env("HTTP_PORT", "0")
         .env("ADMIN_PORT", "0")

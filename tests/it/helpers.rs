@@ -104,6 +104,8 @@ pub async fn create_topics(bootstrap: &str, topics: &[&str]) {
 pub struct TestApp {
     pub http: String,
     pub admin: String,
+    /// The app's own spool directory (removed with the app).
+    pub spool: tempfile::TempDir,
     pub shutdown: Shutdown,
     pub handle: JoinHandle<std::io::Result<ShutdownReport>>,
     pub client: reqwest::Client,
@@ -134,7 +136,10 @@ pub async fn metric_value(client: &reqwest::Client, admin: &str, name: &str) -> 
 /// Spawns the app on 127.0.0.1:0 against `bootstrap` with fresh topics (created by the caller on a real
 /// broker), no drain delay, and `overrides` on top.
 pub async fn spawn_app(bootstrap: &str, topic: &str, dlq_topic: &str, overrides: &[(&str, &str)]) -> TestApp {
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap().to_string();
     let mut all: Vec<(&str, &str)> = vec![
+        ("SPOOL_DIR", &spool_dir),
         ("BIND_ADDRESS", "127.0.0.1"),
         ("HTTP_PORT", "0"),
         ("ADMIN_PORT", "0"),
@@ -155,7 +160,7 @@ pub async fn spawn_app(bootstrap: &str, topic: &str, dlq_topic: &str, overrides:
     let admin = format!("http://{}", app.admin_addr());
     let handle = tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
-    TestApp { http, admin, shutdown, handle, client }
+    TestApp { http, admin, spool, shutdown, handle, client }
 }
 
 /// Logs of the app under test go to the test's captured output (shown when a test fails), at warn.
