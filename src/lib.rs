@@ -339,3 +339,25 @@ async fn write_ledger(ledger: Arc<Ledger>, gauge: Arc<QueueGauge>, stop: Cancell
         }
     }
 }
+
+/// `event-ingestor spool replay`: replays the spool directory of `settings` to its brokers once and
+/// reports what happened. For an operator moving a spool by hand; the service replays on its own.
+pub async fn replay_spool(settings: Settings) -> Result<kafka::replay::ReplaySummary, String> {
+    let Brokers::List(bootstrap) = &settings.kafka.brokers else {
+        return Err("spool replay needs real brokers (KAFKA_BROKERS), not the embedded cluster".into());
+    };
+    let metrics = Metrics::new(Arc::new(QueueGauge::new(settings.ingest.queue_size)));
+    let spool = Spool::open(&settings.spool.dir, u64::MAX, metrics.clone()).map_err(|e| e.to_string())?;
+    let (publisher, failures) =
+        Publisher::new(&settings.kafka, bootstrap, settings.ingest.queue_size, metrics.clone(), spool.clone())
+            .map_err(|e| e.to_string())?;
+    let stop = CancellationToken::new();
+    let failures_task = tokio::spawn(publisher.clone().run_failures(failures, stop.clone()));
+    let summary =
+        kafka::replay::replay_once(&publisher, &metrics, settings.kafka.write_timeout + Duration::from_secs(5)).await;
+    stop.cancel();
+    let _ = failures_task.await;
+    let s = spool.clone();
+    let _ = tokio::task::spawn_blocking(move || s.close()).await;
+    Ok(summary)
+}

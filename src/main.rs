@@ -11,6 +11,8 @@ use event_ingestor::{telemetry, Application};
 const USAGE: &str = "\
 usage: event-ingestor [--embedded-kafka] [--config FILE]
        event-ingestor describe     print accepted settings, routes and probes as JSON
+       event-ingestor spool show [DIR]     list a spool directory's segments, records and corruption
+       event-ingestor spool replay [DIR]   replay a spool directory to KAFKA_BROKERS once, then exit
        event-ingestor --help | --version
 
 Configuration comes from defaults, then the optional TOML/YAML file (--config or CONFIG_FILE), then
@@ -19,6 +21,8 @@ environment variables. librdkafka properties pass through as KAFKA_PROPERTY_<NAM
 enum Command {
     Run { embedded: bool, config: Option<PathBuf> },
     Describe,
+    SpoolShow(Option<PathBuf>),
+    SpoolReplay(Option<PathBuf>),
     Help,
     Version,
 }
@@ -27,8 +31,19 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Command, String> {
     let mut embedded = false;
     let mut config = None;
     let mut args = args.peekable();
-    if args.peek().map(String::as_str) == Some("describe") {
-        return Ok(Command::Describe);
+    match args.peek().map(String::as_str) {
+        Some("describe") => return Ok(Command::Describe),
+        Some("spool") => {
+            args.next();
+            let verb = args.next().ok_or("spool needs `show` or `replay`")?;
+            let dir = args.next().map(PathBuf::from);
+            return match verb.as_str() {
+                "show" => Ok(Command::SpoolShow(dir)),
+                "replay" => Ok(Command::SpoolReplay(dir)),
+                other => Err(format!("unknown spool command {other:?}")),
+            };
+        }
+        _ => {}
     }
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -49,6 +64,8 @@ fn main() -> ExitCode {
             println!("{:#}", event_ingestor::http::describe());
             return ExitCode::SUCCESS;
         }
+        Ok(Command::SpoolShow(dir)) => return spool_show(dir),
+        Ok(Command::SpoolReplay(dir)) => return spool_replay(dir),
         Ok(Command::Help) => {
             println!("{USAGE}\n\nSettings (environment name, default):");
             for k in KEYS {
@@ -98,6 +115,65 @@ fn main() -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "event-ingestor failed");
+            eprintln!("event-ingestor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The spool directory: the argument, else SPOOL_DIR (and the rest of the configuration) as the service
+/// would read it.
+fn spool_settings(dir: Option<PathBuf>) -> Result<Settings, ExitCode> {
+    let mut settings = Settings::from_process(None).map_err(|errors| {
+        eprintln!("event-ingestor: {errors}");
+        ExitCode::from(2)
+    })?;
+    if let Some(dir) = dir {
+        settings.spool.dir = dir;
+    }
+    Ok(settings)
+}
+
+fn spool_show(dir: Option<PathBuf>) -> ExitCode {
+    let settings = match spool_settings(dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    match event_ingestor::kafka::spool::describe_dir(&settings.spool.dir) {
+        Ok(v) => {
+            println!("{v:#}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("event-ingestor: cannot read {}: {e}", settings.spool.dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn spool_replay(dir: Option<PathBuf>) -> ExitCode {
+    let settings = match spool_settings(dir) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    telemetry::init_logging(&settings.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(event_ingestor::replay_spool(settings)) {
+        Ok(summary) => {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "segments": summary.segments, "replayed": summary.replayed,
+                    "failed": summary.failed, "corrupt_segments": summary.corrupt_segments,
+                })
+            );
+            if summary.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
             eprintln!("event-ingestor: {e}");
             ExitCode::FAILURE
         }

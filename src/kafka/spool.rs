@@ -452,6 +452,45 @@ impl Ledger {
     }
 }
 
+/// What `event-ingestor spool show` prints: every segment with its records and any corruption.
+pub fn describe_dir(dir: &Path) -> io::Result<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    for (seq, path) in segments(dir)? {
+        let c = read_segment(&path)?;
+        total += c.records.len();
+        out.push(serde_json::json!({
+            "segment": seq,
+            "path": path.display().to_string(),
+            "bytes": fs::metadata(&path)?.len(),
+            "records": c.records.len(),
+            "first_id": c.records.first().map(|r| r.id.clone()),
+            "last_id": c.records.last().map(|r| r.id.clone()),
+            "topics": c.records.iter().map(|r| r.topic.as_str()).collect::<std::collections::BTreeSet<_>>(),
+            "corruption": c.corruption.map(|c| serde_json::json!({"offset": c.offset, "reason": c.reason})),
+        }));
+    }
+    let previous = read_ledger(dir);
+    Ok(serde_json::json!({
+        "dir": dir.display().to_string(),
+        "records": total,
+        "segments": out,
+        "ledger": previous.map(|p| serde_json::json!({
+            "clean_stop": p.clean, "accepted": p.accepted, "resolved": p.resolved, "unresolved": p.unresolved()
+        })),
+    }))
+}
+
+/// The ledger as the last run left it, without starting a new run.
+pub fn read_ledger(dir: &Path) -> Option<PreviousRun> {
+    let data = fs::read(dir.join("ledger")).ok()?;
+    (data.len() >= 17).then(|| PreviousRun {
+        accepted: u64::from_le_bytes(data[0..8].try_into().expect("8 bytes")),
+        resolved: u64::from_le_bytes(data[8..16].try_into().expect("8 bytes")),
+        clean: data[16] == 1,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

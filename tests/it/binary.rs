@@ -10,17 +10,17 @@ use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_event-ingestor");
+pub const BIN: &str = env!("CARGO_BIN_EXE_event-ingestor");
 
 /// The running binary and the addresses it logged.
-struct Running {
-    child: Child,
-    http: String,
-    admin: String,
+pub struct Running {
+    pub child: Child,
+    pub http: String,
+    pub admin: String,
 }
 
 /// Starts the binary with `env` and waits for its "listening" log line, which names both addresses.
-fn start_binary(env: &[(&str, &str)]) -> Running {
+pub fn start_binary(env: &[(&str, &str)]) -> Running {
     let spool = tempfile::tempdir().unwrap().keep();
     let mut child = Command::new(BIN)
         .env_clear()
@@ -57,12 +57,12 @@ fn start_binary(env: &[(&str, &str)]) -> Running {
     Running { child, http: format!("http://{http}"), admin: format!("http://{admin}") }
 }
 
-fn signal(child: &Child, sig: &str) {
+pub fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status().unwrap();
     assert!(status.success());
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -7,3 +7,4 @@ mod binary;
 mod faults;
 mod helpers;
 mod real_kafka;
+mod zero_loss;
