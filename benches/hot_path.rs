@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use event_ingestor::ingest::{parse_request, BodyMeta, EventLimits, IngestQueue, Parsed, RequestLimits, Sink};
-use event_ingestor::kafka::OutboundRecord;
+use event_ingestor::kafka::{Ledger, OutboundRecord};
 use event_ingestor::telemetry::{Metrics, QueueGauge};
 use time::OffsetDateTime;
 
@@ -72,7 +72,11 @@ fn queue_handoff(c: &mut Criterion) {
     };
     let gauge = Arc::new(QueueGauge::new(1 << 20));
     let metrics = Metrics::new(gauge);
-    let (queue, _workers) = rt.block_on(async { IngestQueue::start(10, Sink::Noop(metrics.clone()), metrics.clone()) });
+    // The ledger write (one pwrite per accepted request) is part of the accept path, so it is measured.
+    let ledger_dir = tempfile::tempdir().unwrap();
+    let (ledger, _) = Ledger::open(ledger_dir.path()).unwrap();
+    let (queue, _workers) =
+        rt.block_on(async { IngestQueue::start(10, Sink::Noop(metrics.clone()), metrics.clone(), Arc::new(ledger)) });
     let mut g = c.benchmark_group("queue");
     g.throughput(Throughput::Elements(1));
     // The enqueue path (what the Go service's 597 ns/op measured): slot accounting, channel send and
