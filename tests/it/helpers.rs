@@ -104,8 +104,8 @@ pub async fn create_topics(bootstrap: &str, topics: &[&str]) {
 pub struct TestApp {
     pub http: String,
     pub admin: String,
-    /// The app's own spool directory (removed with the app).
-    pub spool: tempfile::TempDir,
+    /// The app's own spool directory, removed when the app is dropped.
+    _spool: tempfile::TempDir,
     pub shutdown: Shutdown,
     pub handle: JoinHandle<std::io::Result<ShutdownReport>>,
     pub client: reqwest::Client,
@@ -160,7 +160,7 @@ pub async fn spawn_app(bootstrap: &str, topic: &str, dlq_topic: &str, overrides:
     let admin = format!("http://{}", app.admin_addr());
     let handle = tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
-    TestApp { http, admin, spool, shutdown, handle, client }
+    TestApp { http, admin, _spool: spool, shutdown, handle, client }
 }
 
 /// Logs of the app under test go to the test's captured output (shown when a test fails), at warn.
