@@ -99,6 +99,62 @@ pub const KEYS: &[Key] = &[
         default: "",
         accepts: "a comma-separated list of topic names writable through POST /topics/{topic}/events",
     },
+    Key {
+        env: "RATE_LIMIT_UNIT",
+        default: "requests",
+        accepts: "`requests` or `events` (a batch counts as its number of events)",
+    },
+    Key {
+        env: "CLIENT_RATE_LIMIT_RPS",
+        default: "0",
+        accepts: "an integer 0-10000000 per client (API key tenant, else client IP); 0 disables",
+    },
+    Key { env: "CLIENT_RATE_LIMIT_BURST", default: "100", accepts: "an integer 1-10000000" },
+    Key {
+        env: "TRUSTED_PROXIES",
+        default: "",
+        accepts: "comma-separated CIDRs whose X-Forwarded-For / Forwarded headers are believed",
+    },
+    Key {
+        env: "API_KEYS_FILE",
+        default: "",
+        accepts: "path of a JSON API-keys file (empty: no file); reloaded on SIGHUP and on change",
+    },
+    Key {
+        env: "API_KEYS",
+        default: "",
+        accepts: "comma-separated tenant:key pairs allowed to write every topic (empty: none)",
+    },
+    Key {
+        env: "CORS_ALLOWED_ORIGINS",
+        default: "",
+        accepts: "comma-separated origins allowed to call the ingest API from browsers, or *",
+    },
+    Key {
+        env: "BEACON_PATH",
+        default: "/beacon",
+        accepts: "a path starting with / that also takes events (navigator.sendBeacon, text/plain)",
+    },
+    Key {
+        env: "HEADER_READ_TIMEOUT",
+        default: "10s",
+        accepts: "a duration with a unit, 100ms-10m: headers must arrive within it (also the keep-alive idle limit)",
+    },
+    Key {
+        env: "BODY_READ_TIMEOUT",
+        default: "15s",
+        accepts: "a duration with a unit, 100ms-10m: the whole body must arrive within it",
+    },
+    Key {
+        env: "MAX_CONNECTIONS",
+        default: "10000",
+        accepts: "an integer 1-1000000 (open connections on the ingest port)",
+    },
+    Key {
+        env: "MAX_CONCURRENT_REQUESTS",
+        default: "4096",
+        accepts: "an integer 1-1000000 (requests in progress; beyond it 503 at once)",
+    },
     Key { env: "SPOOL_DIR", default: "spool", accepts: "a writable directory for the local spool and the ledger" },
     Key {
         env: "SPOOL_MAX_BYTES",
@@ -135,6 +191,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub ingest: IngestSettings,
     pub rate_limit: RateLimitSettings,
+    pub access: AccessSettings,
     pub spool: SpoolSettings,
     pub shutdown: ShutdownSettings,
 }
@@ -146,6 +203,10 @@ pub struct HttpSettings {
     pub admin_port: u16,
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +309,34 @@ pub struct RateLimitSettings {
     /// 0 disables the global limit.
     pub rps: u32,
     pub burst: u32,
+    /// Count a batch as its number of events rather than one request.
+    pub count_events: bool,
+    /// Per-client (tenant or IP) limit; 0 disables.
+    pub client_rps: u32,
+    pub client_burst: u32,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// Who may write, and how browsers may call.
+#[derive(Clone)]
+pub struct AccessSettings {
+    pub api_keys_file: Option<PathBuf>,
+    /// `tenant:key` pairs from the environment. Secret: never logged.
+    pub api_keys_env: Vec<(String, String)>,
+    pub cors_origins: Vec<String>,
+    pub beacon_path: String,
+}
+
+impl fmt::Debug for AccessSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tenants: Vec<&str> = self.api_keys_env.iter().map(|(t, _)| t.as_str()).collect();
+        f.debug_struct("AccessSettings")
+            .field("api_keys_file", &self.api_keys_file)
+            .field("api_key_tenants_from_env", &tenants)
+            .field("cors_origins", &self.cors_origins)
+            .field("beacon_path", &self.beacon_path)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -477,6 +566,44 @@ impl Settings {
             let topics: Vec<String> = s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect();
             topics.iter().all(|t| valid_topic(t)).then_some(topics)
         });
+        let count_events = r.parse("RATE_LIMIT_UNIT", |s| match s.to_ascii_lowercase().as_str() {
+            "requests" => Some(false),
+            "events" => Some(true),
+            _ => None,
+        });
+        let client_rps = r.int::<u32>("CLIENT_RATE_LIMIT_RPS", 0, 10_000_000);
+        let client_burst = r.int::<u32>("CLIENT_RATE_LIMIT_BURST", 1, 10_000_000);
+        let trusted_proxies = r.parse("TRUSTED_PROXIES", |s| {
+            s.split(',').map(str::trim).filter(|c| !c.is_empty()).map(|c| c.parse::<ipnet::IpNet>().ok()).collect()
+        });
+        let api_keys_file = r.parse("API_KEYS_FILE", |s| Some((!s.is_empty()).then(|| PathBuf::from(s))));
+        let api_keys_env = r.parse("API_KEYS", |s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.split_once(':')
+                        .filter(|(t, k)| !t.is_empty() && k.len() >= 16)
+                        .map(|(t, k)| (t.to_string(), k.to_string()))
+                })
+                .collect()
+        });
+        if let Some(raw) = r.errors.last_mut().filter(|e| e.name == "API_KEYS") {
+            raw.value = "<redacted>".into();
+            raw.accepts = "comma-separated tenant:key pairs, keys of 16 characters or more".into();
+        }
+        let cors_origins = r.parse("CORS_ALLOWED_ORIGINS", |s| {
+            Some(s.split(',').map(str::trim).filter(|o| !o.is_empty()).map(String::from).collect())
+        });
+        let beacon_path = r.parse("BEACON_PATH", |s| {
+            (s.starts_with('/') && s.len() > 1 && !s.contains('{') && s != "/events" && s != "/health")
+                .then(|| s.to_string())
+        });
+        let header_read_timeout =
+            r.duration("HEADER_READ_TIMEOUT", Duration::from_millis(100), Duration::from_secs(600));
+        let body_read_timeout = r.duration("BODY_READ_TIMEOUT", Duration::from_millis(100), Duration::from_secs(600));
+        let max_connections = r.int::<usize>("MAX_CONNECTIONS", 1, 1_000_000);
+        let max_concurrent_requests = r.int::<usize>("MAX_CONCURRENT_REQUESTS", 1, 1_000_000);
         let spool_dir = r.parse("SPOOL_DIR", |s| (!s.is_empty()).then(|| PathBuf::from(s)));
         let spool_max_bytes = r.int::<u64>("SPOOL_MAX_BYTES", 4096, 1 << 40);
         let request_timeout = r.duration("REQUEST_TIMEOUT", Duration::from_millis(100), Duration::from_secs(600));
@@ -501,6 +628,10 @@ impl Settings {
                     admin_port: admin_port?,
                     request_timeout: request_timeout?,
                     max_body_bytes: max_body_bytes?,
+                    header_read_timeout: header_read_timeout?,
+                    body_read_timeout: body_read_timeout?,
+                    max_connections: max_connections?,
+                    max_concurrent_requests: max_concurrent_requests?,
                 },
                 log_level: log_level?,
                 kafka: KafkaSettings {
@@ -530,7 +661,20 @@ impl Settings {
                     max_event_headers: max_event_headers?,
                     max_event_header_bytes: max_event_header_bytes?,
                 },
-                rate_limit: RateLimitSettings { rps: rps?, burst: burst? },
+                rate_limit: RateLimitSettings {
+                    rps: rps?,
+                    burst: burst?,
+                    count_events: count_events?,
+                    client_rps: client_rps?,
+                    client_burst: client_burst?,
+                    trusted_proxies: trusted_proxies?,
+                },
+                access: AccessSettings {
+                    api_keys_file: api_keys_file?,
+                    api_keys_env: api_keys_env?,
+                    cors_origins: cors_origins?,
+                    beacon_path: beacon_path?,
+                },
                 spool: SpoolSettings { dir: spool_dir?, max_bytes: spool_max_bytes? },
                 shutdown: ShutdownSettings { drain_delay: drain_delay?, timeout: shutdown_timeout? },
             })
@@ -660,6 +804,14 @@ mod tests {
         std::fs::write(&path, "queue_sise = 50\n").unwrap();
         let err = Settings::load(Vec::<(String, String)>::new(), Some(&path)).unwrap_err();
         assert!(err.to_string().contains("queue_sise"), "{err}");
+    }
+
+    #[test]
+    fn api_keys_never_show_in_debug_or_errors() {
+        let s = Settings::with_overrides(&[("API_KEYS", "web:0123456789abcdef-secret")]).unwrap();
+        assert!(!format!("{s:?}").contains("secret"));
+        let err = Settings::with_overrides(&[("API_KEYS", "web:short-secret")]).unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Brokers, Settings};
+use crate::http::access::{Access, ApiKeys, RateLimits};
 use crate::http::{AppState, IngestLimits, Topics};
 use crate::ingest::{IngestQueue, Sink};
 use crate::kafka::{EmbeddedKafka, Ledger, Publisher, Spool};
@@ -37,6 +38,8 @@ pub enum StartError {
     Embedded(String),
     #[error("cannot create the Kafka producer: {0}")]
     Producer(#[from] rdkafka::error::KafkaError),
+    #[error("cannot load the API keys: {0}")]
+    ApiKeys(String),
     #[error("cannot open the spool directory {dir}: {source}")]
     Spool { dir: std::path::PathBuf, source: std::io::Error },
 }
@@ -91,6 +94,7 @@ impl Application {
             (Brokers::Embedded, None) => unreachable!("the embedded cluster was started above"),
         };
 
+        let keys = ApiKeys::load(&settings).map_err(StartError::ApiKeys)?;
         let queue_gauge = Arc::new(QueueGauge::new(settings.ingest.queue_size));
         let metrics = Metrics::new(queue_gauge.clone());
         let spool_error = |source| StartError::Spool { dir: settings.spool.dir.clone(), source };
@@ -165,7 +169,11 @@ impl Application {
             ack_timeout: settings.kafka.write_timeout + Duration::from_secs(1),
             limits: Arc::new(IngestLimits::from_settings(&settings)),
             spool,
+            access: Arc::new(Access { keys: keys.clone(), limits: RateLimits::from_settings(&settings) }),
+            beacon_path: Arc::from(settings.access.beacon_path.as_str()),
+            body_read_timeout: settings.http.body_read_timeout,
         };
+        http::access::watch_keys(keys, health_stop.clone());
         Ok(Application {
             settings,
             main_listener,
@@ -222,13 +230,18 @@ impl Application {
         let admin_addr = admin_listener.local_addr()?;
 
         let main_stop = CancellationToken::new();
-        let main_app =
-            http::ingest_router(state.clone(), &settings).into_make_service_with_connect_info::<SocketAddr>();
-        let mut main_server = tokio::spawn(
-            axum::serve(main_listener, main_app)
-                .with_graceful_shutdown(main_stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let main_app = http::ingest_router(state.clone(), &settings);
+        let limits = http::server::ConnectionLimits {
+            header_read_timeout: settings.http.header_read_timeout,
+            max_connections: settings.http.max_connections,
+        };
+        let mut main_server = tokio::spawn(http::server::serve(
+            main_listener,
+            main_app,
+            limits,
+            state.metrics.clone(),
+            main_stop.clone(),
+        ));
         let admin_stop = CancellationToken::new();
         let admin_server = tokio::spawn(
             axum::serve(admin_listener, http::admin::router(state.clone()))

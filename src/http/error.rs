@@ -17,11 +17,19 @@ pub struct ApiError {
     pub detail: String,
     pub retry_after_secs: Option<u64>,
     pub extensions: Map<String, Value>,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), retry_after_secs: None, extensions: Map::new() }
+        Self {
+            status,
+            code,
+            detail: detail.into(),
+            retry_after_secs: None,
+            extensions: Map::new(),
+            headers: Vec::new(),
+        }
     }
 
     pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
@@ -44,6 +52,10 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
     }
 
+    pub fn overloaded() -> Self {
+        Self::unavailable("overloaded", "too many requests in progress (MAX_CONCURRENT_REQUESTS); retry shortly", 1)
+    }
+
     pub fn request_timeout() -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request took longer than REQUEST_TIMEOUT")
     }
@@ -54,6 +66,12 @@ impl ApiError {
 
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
+        self
+    }
+
+    /// Adds a response header.
+    pub fn header(mut self, name: &'static str, value: String) -> Self {
+        self.headers.push((name, value));
         self
     }
 
@@ -99,6 +117,11 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
         }
         response
     }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -13,6 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use super::access::{check_topic, Tenant};
 use super::error::ApiError;
 use super::AppState;
 use crate::config::AckMode;
@@ -143,23 +146,16 @@ impl ItemResult {
 }
 
 /// `POST /events`: the default topic.
-pub async fn post_events(
-    State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn post_events(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let topic = state.topics.default.clone();
-    ingest(state, topic, uri, headers, body).await
+    ingest(state, topic, req).await
 }
 
 /// `POST /topics/{topic}/events`: a topic on the allowlist (`KAFKA_TOPIC_ALLOWLIST`), else 404.
 pub async fn post_topic_events(
     State(state): State<AppState>,
     Path(topic): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Result<Response, ApiError> {
     let Some(topic) = state.topics.get(&topic) else {
         return Err(ApiError::new(
@@ -169,23 +165,30 @@ pub async fn post_topic_events(
         )
         .with("topic", topic));
     };
-    ingest(state, topic, uri, headers, body).await
+    ingest(state, topic, req).await
 }
 
-async fn ingest(
-    state: AppState,
-    topic: Arc<str>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let (uri, headers) = (&parts.uri, &parts.headers);
+    let tenant = parts.extensions.get::<Arc<Tenant>>();
+    check_topic(tenant, &topic)?;
     let received_at = Instant::now();
     let now = OffsetDateTime::now_utc();
-    let mode = ack_mode(&uri, state.ack_mode)?;
-    let meta = body_meta(&headers);
+    let mode = ack_mode(uri, state.ack_mode)?;
+    let meta = body_meta(headers);
     // Refuse an unsupported type or encoding before reading the body.
     framing(&meta)?;
-    let bytes = read_body(&headers, body, state.limits.max_body_bytes).await?;
+    let bytes = tokio::time::timeout(state.body_read_timeout, read_body(headers, body, state.limits.max_body_bytes))
+        .await
+        .map_err(|_| {
+            state.metrics.rejected("body_read_timeout", 1);
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_read_timeout",
+                "the body did not arrive within BODY_READ_TIMEOUT",
+            )
+        })??;
     // Decoding a large or compressed body is CPU work: keep it off the other requests' way.
     let heavy = meta.content_encoding.is_some() || bytes.len() > 256 * 1024;
     let parse = || parse_request(&meta, &bytes, now, &state.limits.request);
@@ -194,6 +197,21 @@ async fn ingest(
         state.metrics.rejected(rejection_reason(&e), 1);
         ApiError::from(e)
     })?;
+
+    if state.access.limits.count_events {
+        let n = match &parsed {
+            Parsed::Single(_) => 1,
+            Parsed::Batch(items) => items.iter().filter(|i| i.event.is_ok()).count(),
+        };
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let client = state.access.limits.client_key(headers, peer, tenant.map(|t| &**t));
+        state.access.limits.check_events(&client, tenant.map(|t| &**t), n).inspect_err(|e| {
+            state
+                .metrics
+                .rate_limited(e.extensions.get("scope").and_then(|s| s.as_str()).map_or("global", scope_label));
+            state.metrics.rejected("rate_limited", n);
+        })?;
+    }
 
     match parsed {
         Parsed::Single(event) => {
@@ -223,6 +241,14 @@ async fn ingest(
             }
         }
         Parsed::Batch(items) => ingest_batch(&state, &topic, items, mode, received_at).await,
+    }
+}
+
+fn scope_label(s: &str) -> &'static str {
+    match s {
+        "client" => "client",
+        "tenant" => "tenant",
+        _ => "global",
     }
 }
 

@@ -1,8 +1,10 @@
 //! HTTP: the ingest router with its middleware stack, the admin router, and the shared `AppState`.
 
+pub mod access;
 pub mod admin;
 pub mod error;
 pub mod ingest;
+pub mod server;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::GlobalKeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
@@ -32,6 +35,8 @@ pub const EVENTS_PATH: &str = "/events";
 pub const TOPIC_EVENTS_PATH: &str = "/topics/{topic}/events";
 pub const HEALTH_PATH: &str = "/health";
 pub const OPENAPI_PATH: &str = "/openapi.json";
+/// The default `BEACON_PATH`, and the route label of whatever path is configured.
+pub const BEACON_PATH_LABEL: &str = "/beacon";
 
 /// The OpenAPI 3.1 document of the whole API, kept in the repo and checked against the routes by tests.
 pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
@@ -79,6 +84,9 @@ pub struct AppState {
     pub limits: Arc<IngestLimits>,
     /// At its size limit, new events are refused: they could not be kept if Kafka failed them.
     pub spool: Arc<crate::kafka::Spool>,
+    pub access: Arc<access::Access>,
+    pub beacon_path: Arc<str>,
+    pub body_read_timeout: Duration,
 }
 
 impl IngestLimits {
@@ -99,22 +107,50 @@ impl IngestLimits {
 
 /// The ingest router wrapped in its middleware stack.
 pub fn ingest_router(state: AppState, settings: &Settings) -> Router {
-    let governor = (settings.rate_limit.rps > 0).then(|| {
-        let period = Duration::from_nanos((1_000_000_000u64 / u64::from(settings.rate_limit.rps)).max(1));
+    let routes = Router::new()
+        .route(EVENTS_PATH, post(ingest::post_events))
+        .route(TOPIC_EVENTS_PATH, post(ingest::post_topic_events))
+        .route(&settings.access.beacon_path, post(ingest::post_events))
+        .route(HEALTH_PATH, get(ingest::health))
+        .route(OPENAPI_PATH, get(openapi))
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
+    with_middleware(routes, state, settings)
+}
+
+/// Wraps `routes` in the ingest middleware stack (public so tests can put a misbehaving route inside it).
+pub fn with_middleware(routes: Router<AppState>, state: AppState, settings: &Settings) -> Router {
+    let rl = &settings.rate_limit;
+    let by_requests = !rl.count_events;
+    let global = (by_requests && rl.rps > 0).then(|| {
         let config = GovernorConfigBuilder::default()
-            .period(period)
-            .burst_size(settings.rate_limit.burst)
+            .period(period(rl.rps))
+            .burst_size(rl.burst)
             .key_extractor(GlobalKeyExtractor)
             .finish()
             .expect("period and burst are validated non-zero");
-        GovernorLayer::new(config).error_handler(rate_limited)
+        let (metrics, quota) = (state.metrics.clone(), quota_of(rl.rps, rl.burst));
+        GovernorLayer::new(config).error_handler(move |e| governor_refusal(&metrics, "global", &quota, e))
     });
+    let client = (by_requests && rl.client_rps > 0).then(|| {
+        let config = GovernorConfigBuilder::default()
+            .period(period(rl.client_rps))
+            .burst_size(rl.client_burst)
+            .key_extractor(access::ClientKeyExtractor { trusted: Arc::new(rl.trusted_proxies.clone()) })
+            .finish()
+            .expect("period and burst are validated non-zero");
+        let (metrics, quota) = (state.metrics.clone(), quota_of(rl.client_rps, rl.client_burst));
+        GovernorLayer::new(config).error_handler(move |e| governor_refusal(&metrics, "client", &quota, e))
+    });
+    let cors = (!settings.access.cors_origins.is_empty()).then(|| cors_layer(&settings.access.cors_origins));
+    let panic_metrics = state.metrics.clone();
+    let shed_metrics = state.metrics.clone();
 
     let stack = ServiceBuilder::new()
         // Request id first, so every later layer and log line can carry it; echoed to the client.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        // One span per request with method, route and request id; completion logged at debug.
-        // Rejections are routine (a full queue, a bad event): logged at debug, never at error.
+        // One span per request with method, path and request id. Rejections are routine (a full queue,
+        // a bad event): logged at debug, never at error.
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -125,60 +161,103 @@ pub fn ingest_router(state: AppState, settings: &Settings) -> Router {
         )
         .layer(PropagateRequestIdLayer::x_request_id())
         // Count and time every answer, including the ones produced by the layers below.
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), record_http))
-        // A panicking handler answers 500 problem+json and the process keeps serving.
-        .layer(CatchPanicLayer::custom(|_| ApiError::internal().into_response()))
-        // Requests (including slow bodies) end at REQUEST_TIMEOUT with 408.
-        .layer(HandleErrorLayer::new(|err: BoxError| async move {
-            if err.is::<tower::timeout::error::Elapsed>() {
-                ApiError::request_timeout()
-            } else {
-                ApiError::internal()
+        .layer(middleware::from_fn_with_state(state.clone(), record_http))
+        // A panicking handler answers 500 problem+json, is counted, and the process keeps serving.
+        .layer(CatchPanicLayer::custom(move |_| {
+            panic_metrics.panicked();
+            ApiError::internal().into_response()
+        }))
+        // Browsers: preflights answered here, before authentication, for the configured origins only.
+        .option_layer(cors)
+        // Turns the errors of the three layers below into answers: 408 and 503 problem+json.
+        .layer(HandleErrorLayer::new(move |err: BoxError| {
+            let metrics = shed_metrics.clone();
+            async move {
+                if err.is::<tower::timeout::error::Elapsed>() {
+                    ApiError::request_timeout()
+                } else if err.is::<tower::load_shed::error::Overloaded>() {
+                    metrics.load_shed();
+                    ApiError::overloaded()
+                } else {
+                    ApiError::internal()
+                }
             }
         }))
+        // Requests (including slow bodies) end at REQUEST_TIMEOUT.
         .timeout(settings.http.request_timeout)
-        // Global rate limit (RATE_LIMIT_RPS / RATE_LIMIT_BURST), as in the Go service: 429 beyond it.
-        .option_layer(governor);
+        // Beyond MAX_CONCURRENT_REQUESTS, refuse at once (503) rather than queue behind a full limit.
+        .load_shed()
+        .concurrency_limit(settings.http.max_concurrent_requests)
+        // API keys (when configured): 401 without one; the tenant is known to the limits below.
+        .layer(middleware::from_fn_with_state(state.clone(), access::authenticate))
+        // Global rate limit (RATE_LIMIT_RPS / RATE_LIMIT_BURST, as in the Go service): 429 beyond it.
+        .option_layer(global)
+        // Per-client rate limit (CLIENT_RATE_LIMIT_*), by tenant or client IP.
+        .option_layer(client);
+    // The body limit is the last step, in the handler: it reads the body against MAX_BODY_BYTES (early
+    // on Content-Length) within BODY_READ_TIMEOUT, so its refusals are problem+json like the rest.
 
-    Router::new()
-        .route(EVENTS_PATH, post(ingest::post_events))
-        .route(TOPIC_EVENTS_PATH, post(ingest::post_topic_events))
-        .route(HEALTH_PATH, get(ingest::health))
-        .route(OPENAPI_PATH, get(openapi))
-        .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .with_state(state)
-        .layer(stack)
+    routes.with_state(state).layer(stack)
+}
+
+fn period(rps: u32) -> Duration {
+    Duration::from_nanos((1_000_000_000u64 / u64::from(rps)).max(1))
+}
+
+fn quota_of(rps: u32, burst: u32) -> governor::Quota {
+    governor::Quota::per_second(std::num::NonZeroU32::new(rps.max(1)).expect("max(1)"))
+        .allow_burst(std::num::NonZeroU32::new(burst.max(1)).expect("max(1)"))
+}
+
+fn governor_refusal(metrics: &Metrics, scope: &'static str, quota: &governor::Quota, err: GovernorError) -> Response {
+    match err {
+        GovernorError::TooManyRequests { wait_time, .. } => {
+            metrics.rate_limited(scope);
+            access::rate_limited(scope, quota, Duration::from_secs(wait_time)).into_response()
+        }
+        _ => ApiError::internal().into_response(),
+    }
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::CONTENT_ENCODING,
+            header::AUTHORIZATION,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-request-id"),
+            HeaderName::from_static("traceparent"),
+            HeaderName::from_static("tracestate"),
+        ])
+        .expose_headers([header::RETRY_AFTER, HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(600))
 }
 
 async fn openapi() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
 }
 
-fn rate_limited(err: GovernorError) -> Response {
-    match err {
-        GovernorError::TooManyRequests { wait_time, .. } => ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "request rate above RATE_LIMIT_RPS",
-        )
-        .retry_after(wait_time.max(1))
-        .into_response(),
-        _ => ApiError::internal().into_response(),
-    }
-}
-
-async fn record_http(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
+async fn record_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let route = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
         Some(EVENTS_PATH) => EVENTS_PATH,
         Some(TOPIC_EVENTS_PATH) => TOPIC_EVENTS_PATH,
         Some(HEALTH_PATH) => HEALTH_PATH,
         Some(OPENAPI_PATH) => OPENAPI_PATH,
+        Some(p) if p == &*state.beacon_path => BEACON_PATH_LABEL,
         _ => "unmatched",
     };
     let response = next.run(req).await;
-    metrics.http_request(route, response.status().as_u16(), start.elapsed());
+    state.metrics.http_request(route, response.status().as_u16(), start.elapsed());
     response
 }
 
@@ -198,6 +277,7 @@ pub fn describe() -> serde_json::Value {
             "main": [
                 {"method": "POST", "path": EVENTS_PATH},
                 {"method": "POST", "path": TOPIC_EVENTS_PATH},
+                {"method": "POST", "path": BEACON_PATH_LABEL},
                 {"method": "GET", "path": HEALTH_PATH},
                 {"method": "GET", "path": OPENAPI_PATH},
             ],

@@ -30,6 +30,11 @@ struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabel {
+    scope: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -136,6 +141,11 @@ struct Inner {
     unresolved_previous_run: Gauge,
     events_rejected: Family<ReasonLabel, Counter>,
     http_requests: Family<StatusLabel, Counter>,
+    rate_limited: Family<ScopeLabel, Counter>,
+    load_shed: Counter,
+    panics: Counter,
+    open_connections: Gauge,
+    refused_connections: Counter,
     http_duration: Family<HttpLabels, Histogram>,
     delivery_duration: Histogram,
     batch_size: Histogram,
@@ -199,6 +209,28 @@ impl Metrics {
         registry.register("events_rejected", "Events refused at ingest, by reason", events_rejected.clone());
         let http_requests = Family::<StatusLabel, Counter>::default();
         registry.register("http_requests", "HTTP requests on the ingest listener by status", http_requests.clone());
+        let rate_limited = Family::<ScopeLabel, Counter>::default();
+        registry.register(
+            "http_rate_limited",
+            "Requests refused with 429, by limit (global, client, tenant)",
+            rate_limited.clone(),
+        );
+        let load_shed = Counter::default();
+        registry.register(
+            "http_load_shed",
+            "Requests refused with 503 because MAX_CONCURRENT_REQUESTS were in progress",
+            load_shed.clone(),
+        );
+        let panics = Counter::default();
+        registry.register("http_panics", "Handler panics caught and answered with 500", panics.clone());
+        let open_connections = Gauge::default();
+        registry.register("http_open_connections", "Open connections on the ingest listener", open_connections.clone());
+        let refused_connections = Counter::default();
+        registry.register(
+            "http_refused_connections",
+            "Connections closed at accept because MAX_CONNECTIONS were open",
+            refused_connections.clone(),
+        );
         let http_duration = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.5, 14))
         });
@@ -234,6 +266,11 @@ impl Metrics {
             unresolved_previous_run,
             events_rejected,
             http_requests,
+            rate_limited,
+            load_shed,
+            panics,
+            open_connections,
+            refused_connections,
             http_duration,
             delivery_duration,
             batch_size,
@@ -323,6 +360,30 @@ impl Metrics {
     /// Events accepted and not yet resolved.
     pub fn pending(&self) -> usize {
         self.0.queue.depth()
+    }
+
+    pub fn rate_limited(&self, scope: &'static str) {
+        self.0.rate_limited.get_or_create(&ScopeLabel { scope }).inc();
+    }
+
+    pub fn load_shed(&self) {
+        self.0.load_shed.inc();
+    }
+
+    pub fn panicked(&self) {
+        self.0.panics.inc();
+    }
+
+    pub fn connection_opened(&self) {
+        self.0.open_connections.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.0.open_connections.dec();
+    }
+
+    pub fn connection_refused(&self) {
+        self.0.refused_connections.inc();
     }
 
     pub fn http_request(&self, route: &'static str, status: u16, elapsed: std::time::Duration) {
