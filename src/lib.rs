@@ -190,6 +190,11 @@ impl Application {
         })
     }
 
+    /// The state the handlers share (for routers built around the same pipeline, e.g. in tests).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
     pub fn http_addr(&self) -> SocketAddr {
         self.main_listener.local_addr().expect("bound listener has an address")
     }

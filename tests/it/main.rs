@@ -7,4 +7,5 @@ mod binary;
 mod faults;
 mod helpers;
 mod real_kafka;
+mod stack;
 mod zero_loss;
