@@ -1,0 +1,653 @@
+//! Output: JSON, readable tables for the terminal, and the Markdown results table of docs/benchmarks.md.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::scenario::RunResult;
+use crate::suite::{CompareResult, ScenarioSummary, SuiteResults};
+
+pub fn write_json<T: Serialize>(path: Option<&Path>, value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    match path {
+        Some(p) if p.as_os_str() != "-" => {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).ok();
+            }
+            std::fs::write(p, text + "\n")?;
+        }
+        _ => println!("{text}"),
+    }
+    Ok(())
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "—".into())
+}
+
+fn num(v: f64) -> String {
+    if !v.is_finite() {
+        return "—".into();
+    }
+    let n = v.round() as i64;
+    let s = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn ms(v: f64) -> String {
+    if !v.is_finite() {
+        "—".into()
+    } else if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn cvs(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "—".into()
+    }
+}
+
+/// One line per run, for progress output.
+pub fn one_line(r: &RunResult) -> String {
+    let delivered = match (&r.verification, r.delivered) {
+        (Some(v), Some(d)) => format!("delivered {d}/{} missing {} dup {}", v.acked, v.missing, v.duplicates),
+        _ => "delivered n/a".into(),
+    };
+    format!(
+        "{} req/s, {} events/s, p50 {} ms, p99 {} ms, max {} ms, 2xx {}/{}, {delivered}, RSS idle/peak {}/{} MiB",
+        num(r.req_per_s),
+        num(r.events_per_s),
+        ms(r.latency.p50_ms),
+        ms(r.latency.p99_ms),
+        ms(r.latency.max_ms),
+        r.ok_2xx,
+        r.requests_sent,
+        mib(r.rss_idle_kib),
+        mib(r.rss_peak_kib),
+    )
+}
+
+/// The readable table of one run.
+pub fn run_table(r: &RunResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\nloadgen run {} — target {} {}", r.run_id, r.scenario, r.url.as_deref().unwrap_or(""));
+    let rows: Vec<(&str, String)> = vec![
+        ("load", format!(
+            "{} connections, {}, batch {} ({}{}), ack {}",
+            r.connections,
+            r.rate.map(|x| format!("open loop {x:.0} req/s")).unwrap_or_else(|| "closed loop".into()),
+            r.batch,
+            r.format,
+            if r.gzip { ", gzip" } else { "" },
+            r.ack.as_deref().unwrap_or("default")
+        )),
+        ("measured window", format!("{:.2} s (after {:.1} s warm-up); whole run {:.2} s", r.window_s, r.warmup_s, r.elapsed_s)),
+        ("requests", format!("{} sent, {} answered, {} 2xx", r.requests_sent, r.responses, r.ok_2xx)),
+        ("status", format!("{:?}", r.status_counts)),
+        ("req/s (2xx)", num(r.req_per_s)),
+        ("events/s (acknowledged)", num(r.events_per_s)),
+        ("events/s (delivered)", r.delivered_events_per_s.map(num).unwrap_or_else(|| "n/a".into())),
+        ("latency ms p50/p90/p99/max", format!("{} / {} / {} / {}", ms(r.latency.p50_ms), ms(r.latency.p90_ms), ms(r.latency.p99_ms), ms(r.latency.max_ms))),
+        ("  from actual send", format!("{} / {} / {} / {}", ms(r.service_latency.p50_ms), ms(r.service_latency.p90_ms), ms(r.service_latency.p99_ms), ms(r.service_latency.max_ms))),
+        ("non-2xx latency ms p50/p99/max", if r.rejection_latency.count > 0 { format!("{} / {} / {} ({} answers)", ms(r.rejection_latency.p50_ms), ms(r.rejection_latency.p99_ms), ms(r.rejection_latency.max_ms), r.rejection_latency.count) } else { "none".into() }),
+        ("events", match &r.verification {
+            Some(v) => format!(
+                "{} sent, {} acknowledged, {} delivered, {} missing, {} duplicates, {} delivered unacknowledged, {} in DLQ ({} records read in {:.1} s{})",
+                r.events_sent, v.acked, v.delivered, v.missing, v.duplicates, v.unacked_delivered,
+                v.dlq_records.map(|d| d.to_string()).unwrap_or_else(|| "—".into()), v.records_read, v.read_s,
+                if v.complete { "" } else { ", INCOMPLETE" }
+            ),
+            None => format!("{} sent, {} acknowledged, delivery not checked", r.events_sent, r.events_acked),
+        }),
+        ("target RSS MiB idle / peak", format!("{} / {}", mib(r.rss_idle_kib), mib(r.rss_peak_kib))),
+        ("CPU s target / loadgen", format!("{} / {:.2}", r.target_cpu_s.map(|c| format!("{c:.2}")).unwrap_or_else(|| "—".into()), r.client_cpu_s)),
+        (
+            "machine cores during load",
+            match &r.cpu {
+                Some(c) => format!(
+                    "{:.2} busy: broker {}, other work {} (of {} cores)",
+                    c.machine_busy_cores,
+                    c.broker_cores.map(|b| format!("{b:.2}")).unwrap_or_else(|| "?".into()),
+                    c.other_cores.map(|b| format!("{b:.2}")).unwrap_or_else(|| "?".into()),
+                    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+                ),
+                None => "—".into(),
+            },
+        ),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(s, "  {k:<32} {v}");
+    }
+    if let Some(e) = &r.exit {
+        let _ = writeln!(
+            s,
+            "  {:<32} {} (stop {:.1} s), log: {} warnings, {} errors, {} stderr lines",
+            "target exit", e.status, e.stop_s, e.log.warn, e.log.error, e.log.stderr_lines
+        );
+        for l in e.log.samples.iter().take(5) {
+            let _ = writeln!(s, "    {l}");
+        }
+    }
+    for n in &r.notes {
+        let _ = writeln!(s, "  NOTE: {n}");
+    }
+    if let Some(f) = &r.log_file {
+        let _ = writeln!(s, "  {:<32} {f}", "target log");
+    }
+    s
+}
+
+/// The readable table of a comparison.
+pub fn compare_table(c: &CompareResult) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\n{} — {} × {}", c.name, c.scenarios.join(" / "), c.repeats);
+    let _ = writeln!(
+        s,
+        "  {:<10} {:>4} {:>10} {:>7} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>17} {:>13}",
+        "scenario",
+        "runs",
+        "req/s",
+        "cv",
+        "events/s",
+        "delivered/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "non-2xx",
+        "missing/dup",
+        "RSS MiB i/p"
+    );
+    for x in &c.summary {
+        let _ = writeln!(
+            s,
+            "  {:<10} {:>4} {:>10} {:>7} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>17} {:>13}{}",
+            x.scenario,
+            x.runs,
+            num(x.req_per_s.median),
+            cvs(x.req_per_s.cv),
+            num(x.events_per_s.median),
+            x.delivered_events_per_s.as_ref().map(|d| num(d.median)).unwrap_or_else(|| "n/a".into()),
+            ms(x.p50_ms.median),
+            ms(x.p90_ms.median),
+            ms(x.p99_ms.median),
+            ms(x.max_ms.median),
+            x.non_2xx,
+            match (x.missing, x.duplicates) {
+                (Some(m), Some(d)) => format!("{m}/{d}"),
+                _ => "n/a".into(),
+            },
+            format!("{}/{}", mib(x.rss_idle_max_kib), mib(x.rss_peak_max_kib)),
+            if x.noisy { format!("  NOISY ({} cv {:.3})", x.headline, x.headline_cv) } else { String::new() }
+        );
+    }
+    for r in &c.ratios {
+        let pairs: Vec<String> = r.per_pair.iter().map(|v| format!("{v:.3}")).collect();
+        let _ = writeln!(
+            s,
+            "  {} ÷ {} {:<24} median of pairs {:.3}  (pairs {})  ratio of medians {:.3}",
+            r.numerator,
+            r.denominator,
+            r.metric,
+            r.median,
+            pairs.join(", "),
+            r.ratio_of_medians
+        );
+    }
+    for f in &c.failures {
+        let _ = writeln!(s, "  FAILED: {f}");
+    }
+    s
+}
+
+/// One row of the results table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub row: String,
+    pub measure: String,
+    pub result: String,
+    pub floor: String,
+    pub meets: Option<bool>,
+}
+
+fn meets(v: Option<bool>) -> &'static str {
+    match v {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "n/a",
+    }
+}
+
+fn pairs_text(per_pair: &[f64]) -> String {
+    per_pair.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ")
+}
+
+fn noisy_mark(s: Option<&ScenarioSummary>) -> String {
+    match s {
+        Some(x) if x.noisy => format!(" ⚠ {} CV {:.2} > 0.1", x.scenario, x.headline_cv),
+        _ => String::new(),
+    }
+}
+
+/// The rows (a)–(g) from the suites that ran.
+pub fn rows(r: &SuiteResults) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let suite = |name: &str| r.suites.iter().find(|s| s.name == name).map(|s| &s.result);
+    let ratio_row =
+        |rows: &mut Vec<Row>, id: &str, name: &str, num: &str, den: &str, metric: &str, what: &str, floor: f64| {
+            if let Some(c) = suite(name) {
+                let (result, ok) = match c.ratio(num, den, metric) {
+                    Some(x) => {
+                        let noisy = format!("{}{}", noisy_mark(c.summary_of(num)), noisy_mark(c.summary_of(den)));
+                        (
+                            format!(
+                                "**{:.2}** (pairs {}; ratio of medians {:.2}){noisy}",
+                                x.median,
+                                pairs_text(&x.per_pair),
+                                x.ratio_of_medians
+                            ),
+                            Some(x.median >= floor),
+                        )
+                    }
+                    None => ("no complete pair".into(), None),
+                };
+                rows.push(Row {
+                    row: id.into(), measure: what.into(), result, floor: format!("≥ {floor}"), meets: ok
+                });
+            }
+        };
+    ratio_row(
+        &mut rows,
+        "(a)",
+        "single-queued",
+        "full",
+        "bare",
+        "req_per_s",
+        "single events, ack=queued, 64 conns: full req/s ÷ bare req/s",
+        0.5,
+    );
+    ratio_row(
+        &mut rows,
+        "(b)",
+        "batch-ndjson",
+        "full",
+        "raw-kafka",
+        "delivered_events_per_s",
+        "100-event NDJSON batches: full ÷ raw-kafka delivered events/s",
+        0.7,
+    );
+    if let Some(c) = suite("batch-ndjson-q10k") {
+        if let Some(x) = c.ratio("full", "raw-kafka", "delivered_events_per_s") {
+            rows.push(Row {
+                row: "(b)".into(),
+                measure: "the same with QUEUE_SIZE=10000 (context: what the default queue bound costs)".into(),
+                result: format!(
+                    "{:.2} (pairs {}){}",
+                    x.median,
+                    pairs_text(&x.per_pair),
+                    noisy_mark(c.summary_of("full"))
+                ),
+                floor: "—".into(),
+                meets: None,
+            });
+        }
+    }
+    ratio_row(
+        &mut rows,
+        "(c)",
+        "ack-kafka",
+        "full",
+        "bare",
+        "req_per_s",
+        "ack=kafka, 256 conns: full req/s ÷ bare req/s",
+        0.3,
+    );
+    if let Some(s) = suite("ack-kafka").and_then(|c| c.summary_of("full")) {
+        rows.push(Row {
+            row: "(c)".into(),
+            measure: "ack=kafka, 256 conns: full p50 latency (linger 5 ms + 3 ms)".into(),
+            result: format!(
+                "**{} ms** (runs {} ms; p99 {} ms)",
+                ms(s.p50_ms.median),
+                s.p50_ms.values.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(", "),
+                ms(s.p99_ms.median)
+            ),
+            floor: "≤ 8 ms".into(),
+            meets: s.p50_ms.median.is_finite().then_some(s.p50_ms.median <= 8.0),
+        });
+    }
+    if let Some(s) = suite("ack-kafka-light").and_then(|c| c.summary_of("full")) {
+        rows.push(Row {
+            row: "(c)".into(),
+            measure: "ack=kafka, open loop at 1,000 req/s (no queueing): full p50 latency from intended send".into(),
+            result: format!(
+                "**{} ms** (runs {} ms; p99 {} ms)",
+                ms(s.p50_ms.median),
+                s.p50_ms.values.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(", "),
+                ms(s.p99_ms.median)
+            ),
+            floor: "≤ 8 ms".into(),
+            meets: s.p50_ms.median.is_finite().then_some(s.p50_ms.median <= 8.0),
+        });
+    }
+    if let Some(c) = suite("half-load") {
+        if let Some(s) = c.summary_of("full") {
+            let rate = c.runs.first().and_then(|x| x.rate).unwrap_or(f64::NAN);
+            rows.push(Row {
+                row: "(d)".into(),
+                measure: format!(
+                    "ack=queued, open loop at 50% of peak ({} req/s): full p99 latency from intended send time",
+                    num(rate)
+                ),
+                result: format!(
+                    "**{} ms** (runs {} ms; achieved {} req/s; p50 {} ms){}",
+                    ms(s.p99_ms.median),
+                    s.p99_ms.values.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(", "),
+                    num(s.req_per_s.median),
+                    ms(s.p50_ms.median),
+                    noisy_mark(Some(s))
+                ),
+                floor: "≤ 10 ms".into(),
+                meets: s.p99_ms.median.is_finite().then_some(s.p99_ms.median <= 10.0),
+            });
+        }
+    }
+    // (e) every verified run.
+    let verified: Vec<&RunResult> =
+        r.suites.iter().flat_map(|s| s.result.runs.iter()).filter(|x| x.verification.is_some()).collect();
+    if !verified.is_empty() {
+        let acked: u64 = verified.iter().map(|x| x.verification.as_ref().unwrap().acked).sum();
+        let delivered: u64 = verified.iter().filter_map(|x| x.delivered).sum();
+        let missing: u64 = verified.iter().filter_map(|x| x.missing).sum();
+        let dups: u64 = verified.iter().filter_map(|x| x.duplicates).sum();
+        let bad: Vec<String> = verified
+            .iter()
+            .filter(|x| x.missing.unwrap_or(0) > 0 || x.duplicates.unwrap_or(0) > 0)
+            .map(|x| {
+                format!(
+                    "{} ({}: missing {}, dup {})",
+                    x.run_id,
+                    x.label,
+                    x.missing.unwrap_or(0),
+                    x.duplicates.unwrap_or(0)
+                )
+            })
+            .collect();
+        rows.push(Row {
+            row: "(e)".into(),
+            measure: format!(
+                "delivered == acknowledged in every run ({} runs read back: full, raw-kafka)",
+                verified.len()
+            ),
+            result: format!(
+                "**{}** — {} acknowledged, {} delivered, {} missing, {} duplicates{}",
+                if bad.is_empty() { "all runs match" } else { "MISMATCH" },
+                num(acked as f64),
+                num(delivered as f64),
+                missing,
+                dups,
+                if bad.is_empty() { String::new() } else { format!("; runs: {}", bad.join("; ")) }
+            ),
+            floor: "missing 0, duplicates 0".into(),
+            meets: Some(bad.is_empty()),
+        });
+    }
+    // (f) RSS of the service.
+    let service_runs: Vec<&RunResult> = r
+        .suites
+        .iter()
+        .flat_map(|s| s.result.runs.iter())
+        .filter(|x| x.scenario == "full" || x.scenario == "full-noop")
+        .collect();
+    if let Some(idle) = service_runs.iter().filter_map(|x| x.rss_idle_kib).max() {
+        rows.push(Row {
+            row: "(f)".into(),
+            measure: format!(
+                "service peak RSS when idle (VmHWM after start-up, before load; max of {} runs)",
+                service_runs.len()
+            ),
+            result: format!("**{} MiB**", mib(Some(idle))),
+            floor: "≤ 64 MiB".into(),
+            meets: Some(idle <= 64 * 1024),
+        });
+    }
+    let saturated: Vec<&&RunResult> = service_runs.iter().filter(|x| x.scenario == "full").collect();
+    if let Some((peak, run)) = saturated.iter().filter_map(|x| x.rss_peak_kib.map(|p| (p, x))).max_by_key(|(p, _)| *p) {
+        rows.push(Row {
+            row: "(f)".into(),
+            measure: format!(
+                "service peak RSS under load (VmHWM; max over {} `full` runs, default queue and pool)",
+                saturated.len()
+            ),
+            result: format!("**{} MiB** (in {})", mib(Some(peak)), run.label),
+            floor: "≤ 256 MiB".into(),
+            meets: Some(peak <= 256 * 1024),
+        });
+    }
+    ratio_row(
+        &mut rows,
+        "(g)",
+        "noop-overhead",
+        "full-noop",
+        "bare",
+        "req_per_s",
+        "PUBLISHER=noop, 64 conns: full-noop req/s ÷ bare req/s",
+        0.85,
+    );
+    if let Some(c) = suite("overload") {
+        if let Some(s) = c.summary_of("full") {
+            let rate = c.runs.first().and_then(|x| x.rate).unwrap_or(f64::NAN);
+            let peak = r.peak_rps.unwrap_or(f64::NAN);
+            let goodput = s.req_per_s.median / peak;
+            rows.push(Row {
+                row: "(g)".into(),
+                measure: format!(
+                    "open loop at 2× peak ({} req/s), 512 conns: goodput (2xx/s) ÷ peak ({} req/s)",
+                    num(rate),
+                    num(peak)
+                ),
+                result: format!(
+                    "**{:.2}** ({} 2xx/s; {} non-2xx answers; p99 from intended send {} ms){}",
+                    goodput,
+                    num(s.req_per_s.median),
+                    s.non_2xx,
+                    ms(s.p99_ms.median),
+                    noisy_mark(Some(s))
+                ),
+                floor: "≥ 0.9".into(),
+                meets: goodput.is_finite().then_some(goodput >= 0.9),
+            });
+            let rej = &s.rejection_p99_ms;
+            rows.push(Row {
+                row: "(g)".into(),
+                measure: "open loop at 2× peak: p99 latency of rejections (non-2xx, from actual send)".into(),
+                result: if rej.values.is_empty() {
+                    if s.non_2xx > 0 {
+                        format!("no rejections in the measured window ({} during warm-up)", s.non_2xx)
+                    } else {
+                        "no rejections: the service took everything (the clients waited instead)".into()
+                    }
+                } else {
+                    format!(
+                        "**{} ms** (runs {})",
+                        ms(rej.median),
+                        rej.values.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(", ")
+                    )
+                },
+                floor: "< 5 ms".into(),
+                meets: (!rej.values.is_empty()).then_some(rej.median < 5.0),
+            });
+        }
+    }
+    rows
+}
+
+/// The generated results section of docs/benchmarks.md.
+pub fn suite_markdown(r: &SuiteResults) -> String {
+    let mut s = String::new();
+    let m = &r.machine;
+    let _ = writeln!(
+        s,
+        "_Generated by `scripts/bench.sh{}` — do not edit by hand._\n",
+        if r.quick { " --quick" } else { "" }
+    );
+    let _ = writeln!(s, "- **When**: {} (suite took {:.0} s)", r.started_at, r.total_s);
+    let _ =
+        writeln!(s, "- **Commit**: `{}`{}", r.git_commit, if r.git_dirty { " with uncommitted changes" } else { "" });
+    let _ = writeln!(
+        s,
+        "- **Machine**: {} × {}, {:.1} GiB RAM, Linux {}, {}; {} at {} on the same machine",
+        m.nproc, m.cpu_model, m.mem_total_gib, m.kernel, m.rustc, r.kafka_label, r.brokers
+    );
+    let _ = writeln!(
+        s,
+        "- **Runs**: {} s each ({} s warm-up not measured), {} repeats, scenarios alternating; loadgen runtime {} worker thread(s); service `{}` with RATE_LIMIT_RPS=0 and otherwise default settings (QUEUE_SIZE 1000, WORKER_POOL_SIZE 10){}",
+        r.duration_s, r.warmup_s, r.repeats, r.loadgen_threads, r.service_bin,
+        if r.quick { " — **--quick: short runs, for checking the harness, not for the record**" } else { "" }
+    );
+    if let Some(p) = r.peak_rps {
+        let _ = writeln!(s, "- **Peak** used for the rate-based rows: {} req/s ({})", num(p), r.peak_source);
+    }
+    let _ = writeln!(
+        s,
+        "\n| Row | Measure | Result (median of alternating pairs) | Floor | Meets |\n|---|---|---|---|---|"
+    );
+    for row in rows(r) {
+        let _ =
+            writeln!(s, "| {} | {} | {} | {} | {} |", row.row, row.measure, row.result, row.floor, meets(row.meets));
+    }
+
+    let _ = writeln!(
+        s,
+        "\n**Per scenario** (medians over repeats; CV = coefficient of variation of throughput, or of p99 for open-loop runs; ⚠ = CV > 0.1)\n"
+    );
+    let _ = writeln!(s, "| Suite | Scenario | req/s | events/s | delivered events/s | p50 / p90 / p99 / max ms | CV | non-2xx | acked → delivered (missing, dup) | RSS idle / peak MiB | target CPU µs/event | cores: target / loadgen / broker / other |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for suite in &r.suites {
+        for x in &suite.result.summary {
+            let _ = writeln!(
+                s,
+                "| {} {} | {} | {} | {} | {} | {} / {} / {} / {} | {}{} | {} | {} | {} / {} | {} | {} |",
+                suite.row,
+                suite.name,
+                x.scenario,
+                num(x.req_per_s.median),
+                num(x.events_per_s.median),
+                x.delivered_events_per_s.as_ref().map(|d| num(d.median)).unwrap_or_else(|| "n/a".into()),
+                ms(x.p50_ms.median),
+                ms(x.p90_ms.median),
+                ms(x.p99_ms.median),
+                ms(x.max_ms.median),
+                cvs(x.headline_cv),
+                if x.noisy { " ⚠" } else { "" },
+                x.non_2xx,
+                match (x.delivered, x.missing, x.duplicates) {
+                    (Some(d), Some(m), Some(dup)) =>
+                        format!("{} → {} ({m}, {dup})", num(x.acked as f64), num(d as f64)),
+                    _ => format!("{} → n/a", num(x.acked as f64)),
+                },
+                mib(x.rss_idle_max_kib),
+                mib(x.rss_peak_max_kib),
+                if x.target_cpu_us_per_event.values.is_empty() {
+                    "—".into()
+                } else {
+                    format!("{:.1}", x.target_cpu_us_per_event.median)
+                },
+                [&x.target_cores, &x.loadgen_cores, &x.broker_cores, &x.other_cores]
+                    .iter()
+                    .map(|st| if st.values.is_empty() { "—".to_string() } else { format!("{:.2}", st.median) })
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+            );
+        }
+    }
+
+    let mut notes = Vec::new();
+    for suite in &r.suites {
+        for f in &suite.result.failures {
+            notes.push(format!("FAILED run: {f}"));
+        }
+        for run in &suite.result.runs {
+            let non_ok: Vec<String> = run
+                .status_counts
+                .iter()
+                .filter(|(k, _)| !(k.starts_with('2') || k.as_str() == "delivered"))
+                .map(|(k, v)| format!("{k} ×{v}"))
+                .collect();
+            if !non_ok.is_empty() {
+                notes.push(format!("{}: {}", run.label, non_ok.join(", ")));
+            }
+            if let Some(e) = &run.exit {
+                if e.log.warn + e.log.error + e.log.stderr_lines > 0 || !e.clean {
+                    notes.push(format!(
+                        "{}: service log {} WARN, {} ERROR, {} stderr lines; exit {}",
+                        run.label, e.log.warn, e.log.error, e.log.stderr_lines, e.status
+                    ));
+                }
+            }
+            if let Some(v) = &run.verification {
+                if v.missing > 0 || v.duplicates > 0 || v.unacked_delivered > 0 || v.dlq_records.unwrap_or(0) > 0 {
+                    notes.push(format!(
+                        "{}: missing {}, duplicates {}, delivered but unacknowledged {}, DLQ {}",
+                        run.label,
+                        v.missing,
+                        v.duplicates,
+                        v.unacked_delivered,
+                        v.dlq_records.unwrap_or(0)
+                    ));
+                }
+            }
+        }
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\n**Observations** (non-2xx answers, service warnings, delivery mismatches):\n");
+        for n in notes.iter().take(40) {
+            let _ = writeln!(s, "- {n}");
+        }
+        if notes.len() > 40 {
+            let _ = writeln!(s, "- … {} more in the JSON results", notes.len() - 40);
+        }
+    }
+
+    let _ = writeln!(s, "\n**Commands** (each row alone; `scripts/bench.sh` runs them all):\n");
+    let _ = writeln!(s, "```sh");
+    for suite in &r.suites {
+        let _ = writeln!(s, "# {} {}: {}", suite.row, suite.name, suite.title);
+        let _ = writeln!(s, "target/release/{}", suite.command);
+    }
+    let _ = writeln!(s, "```");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers() {
+        assert_eq!(num(1234567.4), "1,234,567");
+        assert_eq!(num(999.0), "999");
+        assert_eq!(num(f64::NAN), "—");
+        assert_eq!(ms(1.234), "1.23");
+        assert_eq!(ms(123.4), "123");
+    }
+}

@@ -1,0 +1,529 @@
+//! Alternating comparisons (A B A B …) and the named suites behind the rows of docs/benchmarks.md.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{cv, fmt_duration, median, now_rfc3339, Target};
+use crate::scenario::{run_scenario, RunResult};
+use crate::{Cli, Cmd, LoadArgs, TargetArgs};
+
+/// Median, coefficient of variation and the values behind them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stat {
+    pub median: f64,
+    pub cv: f64,
+    pub values: Vec<f64>,
+}
+
+impl Stat {
+    pub fn of(values: Vec<f64>) -> Self {
+        Stat { median: median(&values), cv: cv(&values), values }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScenarioSummary {
+    pub scenario: String,
+    pub runs: usize,
+    pub req_per_s: Stat,
+    pub events_per_s: Stat,
+    pub delivered_events_per_s: Option<Stat>,
+    pub p50_ms: Stat,
+    pub p90_ms: Stat,
+    pub p99_ms: Stat,
+    pub max_ms: Stat,
+    /// p99 of non-2xx answers (from the actual send), runs that had any.
+    pub rejection_p99_ms: Stat,
+    pub requests: u64,
+    pub ok_2xx: u64,
+    pub non_2xx: u64,
+    pub acked: u64,
+    pub delivered: Option<u64>,
+    pub missing: Option<u64>,
+    pub duplicates: Option<u64>,
+    pub rss_idle_max_kib: Option<u64>,
+    pub rss_peak_max_kib: Option<u64>,
+    /// Target CPU time per acknowledged event, µs.
+    pub target_cpu_us_per_event: Stat,
+    pub client_cpu_us_per_request: Stat,
+    /// Average busy cores during the load phase: the target, loadgen, the broker, and anything else.
+    pub target_cores: Stat,
+    pub loadgen_cores: Stat,
+    pub broker_cores: Stat,
+    pub other_cores: Stat,
+    /// The metric whose CV decides `noisy`: throughput in closed loop, p99 in open loop.
+    pub headline: String,
+    pub headline_cv: f64,
+    /// CV across repeats above 0.1.
+    pub noisy: bool,
+    pub service_warnings: u64,
+    pub service_errors: u64,
+}
+
+/// `numerator ÷ denominator` of one metric, per alternating pair.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Ratio {
+    pub numerator: String,
+    pub denominator: String,
+    pub metric: String,
+    pub per_pair: Vec<f64>,
+    pub median: f64,
+    pub ratio_of_medians: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CompareResult {
+    pub name: String,
+    pub command: String,
+    pub scenarios: Vec<String>,
+    pub repeats: usize,
+    pub runs: Vec<RunResult>,
+    /// Runs that failed to complete (setup or load errors), with the error.
+    pub failures: Vec<String>,
+    pub summary: Vec<ScenarioSummary>,
+    pub ratios: Vec<Ratio>,
+}
+
+impl CompareResult {
+    pub fn summary_of(&self, scenario: &str) -> Option<&ScenarioSummary> {
+        self.summary.iter().find(|s| s.scenario == scenario)
+    }
+
+    pub fn ratio(&self, num: &str, den: &str, metric: &str) -> Option<&Ratio> {
+        self.ratios.iter().find(|r| r.numerator == num && r.denominator == den && r.metric == metric)
+    }
+}
+
+/// Runs `scenarios` in turn, `repeats` times (A B A B …), with the same load.
+pub async fn compare(
+    name: &str,
+    scenarios: &[Target],
+    repeats: usize,
+    load: &LoadArgs,
+    opts: &TargetArgs,
+    threads: usize,
+    command: Option<String>,
+) -> anyhow::Result<CompareResult> {
+    let mut runs: Vec<(usize, RunResult)> = Vec::new();
+    let mut failures = Vec::new();
+    for r in 0..repeats.max(1) {
+        for s in scenarios {
+            let label = format!("{name} {} {}/{}", s.name(), r + 1, repeats);
+            match run_scenario(*s, load, opts, &label, threads).await {
+                Ok(res) => runs.push((r, res)),
+                Err(e) => {
+                    eprintln!("[{label}] FAILED: {e:#}");
+                    failures.push(format!("{label}: {e:#}"));
+                }
+            }
+            // Let the broker finish deleting the last run's topics and the machine settle.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let summary = scenarios
+        .iter()
+        .map(|s| summarize(s.name(), runs.iter().map(|(_, r)| r).filter(|r| r.scenario == s.name())))
+        .collect();
+    let mut ratios = Vec::new();
+    for (i, a) in scenarios.iter().enumerate() {
+        for b in &scenarios[i + 1..] {
+            for metric in ["req_per_s", "events_per_s", "delivered_events_per_s"] {
+                let get = |r: &RunResult| -> Option<f64> {
+                    match metric {
+                        "req_per_s" => Some(r.req_per_s),
+                        "events_per_s" => Some(r.events_per_s),
+                        _ => r.delivered_events_per_s,
+                    }
+                };
+                let mut per_pair = Vec::new();
+                let (mut av, mut bv) = (Vec::new(), Vec::new());
+                for rep in 0..repeats {
+                    let find = |t: &Target| {
+                        runs.iter().find(|(rr, x)| *rr == rep && x.scenario == t.name()).and_then(|(_, x)| get(x))
+                    };
+                    if let (Some(x), Some(y)) = (find(a), find(b)) {
+                        if y > 0.0 {
+                            per_pair.push(x / y);
+                        }
+                        av.push(x);
+                        bv.push(y);
+                    }
+                }
+                if per_pair.is_empty() {
+                    continue;
+                }
+                ratios.push(Ratio {
+                    numerator: a.name().into(),
+                    denominator: b.name().into(),
+                    metric: metric.into(),
+                    median: median(&per_pair),
+                    ratio_of_medians: median(&av) / median(&bv),
+                    per_pair,
+                });
+            }
+        }
+    }
+    let command = command.unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    Ok(CompareResult {
+        name: name.to_string(),
+        command,
+        scenarios: scenarios.iter().map(|s| s.name().to_string()).collect(),
+        repeats,
+        runs: runs.into_iter().map(|(_, r)| r).collect(),
+        failures,
+        summary,
+        ratios,
+    })
+}
+
+fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>) -> ScenarioSummary {
+    let runs: Vec<&RunResult> = runs.collect();
+    let stat = |f: &dyn Fn(&RunResult) -> f64| Stat::of(runs.iter().map(|r| f(r)).collect());
+    let verified: Vec<&&RunResult> = runs.iter().filter(|r| r.verification.is_some()).collect();
+    let sum_opt = |f: &dyn Fn(&RunResult) -> Option<u64>| -> Option<u64> {
+        if verified.is_empty() {
+            None
+        } else {
+            Some(verified.iter().filter_map(|r| f(r)).sum())
+        }
+    };
+    let open_loop = runs.iter().any(|r| r.rate.is_some());
+    let req = stat(&|r| r.req_per_s);
+    let ev = stat(&|r| r.events_per_s);
+    let p99 = stat(&|r| r.latency.p99_ms);
+    let (headline, headline_cv) = if open_loop {
+        ("p99_ms".to_string(), p99.cv)
+    } else {
+        let c = if req.cv.is_nan() { ev.cv } else { req.cv.max(ev.cv) };
+        ("throughput".to_string(), c)
+    };
+    ScenarioSummary {
+        scenario: scenario.to_string(),
+        runs: runs.len(),
+        delivered_events_per_s: if verified.is_empty() {
+            None
+        } else {
+            Some(Stat::of(verified.iter().filter_map(|r| r.delivered_events_per_s).collect()))
+        },
+        p50_ms: stat(&|r| r.latency.p50_ms),
+        p90_ms: stat(&|r| r.latency.p90_ms),
+        max_ms: stat(&|r| r.latency.max_ms),
+        rejection_p99_ms: Stat::of(
+            runs.iter().filter(|r| r.rejection_latency.count > 0).map(|r| r.rejection_latency.p99_ms).collect(),
+        ),
+        requests: runs.iter().map(|r| r.requests_sent).sum(),
+        ok_2xx: runs.iter().map(|r| r.ok_2xx).sum(),
+        non_2xx: runs.iter().map(|r| r.requests_sent.saturating_sub(r.ok_2xx)).sum(),
+        acked: runs.iter().map(|r| r.events_acked).sum(),
+        delivered: sum_opt(&|r| r.delivered),
+        missing: sum_opt(&|r| r.missing),
+        duplicates: sum_opt(&|r| r.duplicates),
+        rss_idle_max_kib: runs.iter().filter_map(|r| r.rss_idle_kib).max(),
+        rss_peak_max_kib: runs.iter().filter_map(|r| r.rss_peak_kib).max(),
+        target_cpu_us_per_event: Stat::of(
+            runs.iter()
+                .filter_map(|r| r.target_cpu_s.filter(|_| r.events_acked > 0).map(|c| c * 1e6 / r.events_acked as f64))
+                .collect(),
+        ),
+        client_cpu_us_per_request: Stat::of(
+            runs.iter()
+                .filter(|r| r.requests_sent > 0)
+                .map(|r| r.client_cpu_s * 1e6 / r.requests_sent as f64)
+                .collect(),
+        ),
+        target_cores: Stat::of(
+            runs.iter().filter_map(|r| r.target_cpu_s.zip(r.cpu.as_ref()).map(|(t, c)| t / c.wall_s)).collect(),
+        ),
+        loadgen_cores: Stat::of(
+            runs.iter().filter_map(|r| r.cpu.as_ref().map(|c| r.client_cpu_s / c.wall_s)).collect(),
+        ),
+        broker_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.broker_cores)).collect()),
+        other_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.other_cores)).collect()),
+        noisy: headline_cv > 0.1,
+        headline,
+        headline_cv,
+        service_warnings: runs.iter().filter_map(|r| r.exit.as_ref()).map(|e| e.log.warn).sum(),
+        service_errors: runs.iter().filter_map(|r| r.exit.as_ref()).map(|e| e.log.error + e.log.stderr_lines).sum(),
+        req_per_s: req,
+        events_per_s: ev,
+        p99_ms: p99,
+    }
+}
+
+/// One named suite: a `loadgen compare` command line. `{half_peak}` / `{double_peak}` become 0.5× / 2× the
+/// service's measured peak req/s (the `full` median of `single-queued`).
+pub struct SuiteDef {
+    pub name: &'static str,
+    pub row: &'static str,
+    pub title: &'static str,
+    pub args: &'static str,
+}
+
+pub const SUITES: &[SuiteDef] = &[
+    SuiteDef {
+        name: "single-queued",
+        row: "(a)",
+        title: "single events to real Kafka, ack=queued, 64 connections, closed loop",
+        args: "--scenarios full,bare --connections 64 --batch 1 --ack queued",
+    },
+    SuiteDef {
+        name: "batch-ndjson",
+        row: "(b)",
+        title: "100-event NDJSON batches to real Kafka, ack=queued, 4 connections, closed loop",
+        args: "--scenarios full,raw-kafka --connections 4 --batch 100 --format ndjson --ack queued",
+    },
+    SuiteDef {
+        name: "batch-ndjson-q10k",
+        row: "(b)",
+        title: "as batch-ndjson with QUEUE_SIZE=10000 (not the default: shows what the default queue bound costs)",
+        args: "--scenarios full,raw-kafka --connections 4 --batch 100 --format ndjson --ack queued --service-env QUEUE_SIZE=10000",
+    },
+    SuiteDef {
+        name: "ack-kafka",
+        row: "(c)",
+        title: "single events, ack=kafka, 256 connections, closed loop",
+        args: "--scenarios full,bare --connections 256 --batch 1 --ack kafka",
+    },
+    SuiteDef {
+        name: "ack-kafka-light",
+        row: "(c)",
+        title: "single events, ack=kafka, open loop at 1,000 req/s, 64 connections (latency without queueing)",
+        args: "--scenarios full --connections 64 --batch 1 --ack kafka --rate 1000",
+    },
+    SuiteDef {
+        name: "half-load",
+        row: "(d)",
+        title: "single events, ack=queued, open loop at 50% of the measured peak, 64 connections",
+        args: "--scenarios full --connections 64 --batch 1 --ack queued --rate {half_peak}",
+    },
+    SuiteDef {
+        name: "noop-overhead",
+        row: "(g)",
+        title: "single events, PUBLISHER=noop, 64 connections, closed loop",
+        args: "--scenarios full-noop,bare --connections 64 --batch 1 --ack queued",
+    },
+    SuiteDef {
+        name: "overload",
+        row: "(g)",
+        title: "single events, ack=queued, open loop at 2× the measured peak, 512 connections",
+        args: "--scenarios full --connections 512 --batch 1 --ack queued --rate {double_peak} --timeout 5s",
+    },
+];
+
+pub struct SuiteConfig {
+    pub repeats: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub quick: bool,
+    pub peak_rps: Option<f64>,
+    pub threads: usize,
+    pub kafka_label: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SuiteRun {
+    pub name: String,
+    pub row: String,
+    pub title: String,
+    /// The equivalent single command.
+    pub command: String,
+    pub result: CompareResult,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub cpu_model: String,
+    pub mem_total_gib: f64,
+    pub kernel: String,
+    pub rustc: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SuiteResults {
+    pub invocation: String,
+    pub started_at: String,
+    pub total_s: f64,
+    pub git_commit: String,
+    pub git_dirty: bool,
+    pub machine: Machine,
+    pub repeats: usize,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub quick: bool,
+    pub loadgen_threads: usize,
+    pub service_bin: String,
+    pub brokers: String,
+    pub kafka_label: String,
+    pub peak_rps: Option<f64>,
+    pub peak_source: String,
+    pub suites: Vec<SuiteRun>,
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let mem_kib: f64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    Machine {
+        nproc: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu_model,
+        mem_total_gib: mem_kib / 1024.0 / 1024.0,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        rustc,
+    }
+}
+
+fn git(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git").args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The args of a suite with the rate placeholders filled in.
+fn suite_args(def: &SuiteDef, peak: Option<f64>) -> anyhow::Result<String> {
+    let mut args = def.args.to_string();
+    if args.contains('{') {
+        let peak = peak.ok_or_else(|| {
+            anyhow::anyhow!("suite {} needs the peak req/s (run single-queued or pass --peak-rps)", def.name)
+        })?;
+        args = args.replace("{half_peak}", &format!("{:.0}", (peak * 0.5).max(1.0)));
+        args = args.replace("{double_peak}", &format!("{:.0}", (peak * 2.0).max(1.0)));
+    }
+    Ok(args)
+}
+
+fn parse_compare(args: &str) -> anyhow::Result<(Vec<Target>, LoadArgs, TargetArgs)> {
+    let argv = std::iter::once("loadgen").chain(std::iter::once("compare")).chain(args.split_whitespace());
+    match Cli::try_parse_from(argv)?.command {
+        Cmd::Compare { scenarios, load, opts, .. } => Ok((scenarios, load, opts)),
+        _ => unreachable!(),
+    }
+}
+
+pub async fn run_suites(names: &[String], cfg: &SuiteConfig, opts: &TargetArgs) -> anyhow::Result<SuiteResults> {
+    let t0 = Instant::now();
+    let started_at = now_rfc3339();
+    let all = names.is_empty() || names.iter().any(|n| n == "all");
+    let selected: Vec<&SuiteDef> = if all {
+        SUITES.iter().collect()
+    } else {
+        let mut v = Vec::new();
+        for n in names {
+            v.push(SUITES.iter().find(|s| s.name == n).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown suite {n:?}; known: {}",
+                    SUITES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+                )
+            })?);
+        }
+        // single-queued first: it measures the peak the rate-based suites need.
+        v.sort_by_key(|s| SUITES.iter().position(|x| x.name == s.name));
+        v
+    };
+    if !opts.service_bin.exists() {
+        anyhow::bail!(
+            "service binary {} not found: `cargo build --release -p event-ingestor --locked` first",
+            opts.service_bin.display()
+        );
+    }
+    let mut peak = cfg.peak_rps;
+    let mut peak_source = if peak.is_some() { "--peak-rps".to_string() } else { String::new() };
+    let mut suites = Vec::new();
+    for def in selected {
+        if def.args.contains('{') && peak.is_none() {
+            // Measure it now: one closed-loop run of the service with the single-queued load.
+            let (_, load, _) = parse_compare(&format!(
+                "{} --duration {} --warmup {}",
+                SUITES[0].args,
+                fmt_duration(cfg.duration),
+                fmt_duration(cfg.warmup)
+            ))?;
+            let r = run_scenario(Target::Full, &load, opts, "peak", cfg.threads).await?;
+            peak = Some(r.req_per_s);
+            peak_source =
+                format!("one closed-loop run of `full` with the single-queued load: {:.0} req/s", r.req_per_s);
+        }
+        let args = suite_args(def, peak)?;
+        let full_args = format!(
+            "{args} --repeats {} --duration {} --warmup {}",
+            cfg.repeats,
+            fmt_duration(cfg.duration),
+            fmt_duration(cfg.warmup)
+        );
+        let (scenarios, load, suite_opts) = parse_compare(&full_args)?;
+        let mut opts = opts.clone();
+        opts.service_env.extend(suite_opts.service_env);
+        let command = format!("loadgen compare {full_args}");
+        eprintln!("\n=== {} {} — {}\n=== {command}", def.row, def.name, def.title);
+        let result =
+            compare(def.name, &scenarios, cfg.repeats, &load, &opts, cfg.threads, Some(command.clone())).await?;
+        eprintln!("{}", crate::report::compare_table(&result));
+        if def.name == "single-queued" && cfg.peak_rps.is_none() {
+            if let Some(s) = result.summary_of("full") {
+                if s.req_per_s.median.is_finite() && s.req_per_s.median > 0.0 {
+                    peak = Some(s.req_per_s.median);
+                    peak_source = format!("median `full` req/s of single-queued: {:.0}", s.req_per_s.median);
+                }
+            }
+        }
+        suites.push(SuiteRun { name: def.name.into(), row: def.row.into(), title: def.title.into(), command, result });
+    }
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()).unwrap_or(false);
+    Ok(SuiteResults {
+        invocation: std::env::args().collect::<Vec<_>>().join(" "),
+        started_at,
+        total_s: t0.elapsed().as_secs_f64(),
+        git_commit: git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into()),
+        git_dirty: dirty,
+        machine: machine(),
+        repeats: cfg.repeats,
+        duration_s: cfg.duration.as_secs_f64(),
+        warmup_s: cfg.warmup.as_secs_f64(),
+        quick: cfg.quick,
+        loadgen_threads: cfg.threads,
+        service_bin: opts.service_bin.display().to_string(),
+        brokers: opts.brokers.clone(),
+        kafka_label: cfg.kafka_label.clone(),
+        peak_rps: peak,
+        peak_source,
+        suites,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_suite_parses() {
+        for s in SUITES {
+            let args = suite_args(s, Some(10_000.0)).unwrap();
+            let (scenarios, load, _) = parse_compare(&format!("{args} --duration 3s")).unwrap();
+            assert!(!scenarios.is_empty(), "{}", s.name);
+            assert_eq!(load.duration, Some(Duration::from_secs(3)));
+        }
+        let half = SUITES.iter().find(|s| s.name == "half-load").unwrap();
+        assert!(suite_args(half, Some(10_000.0)).unwrap().contains("--rate 5000"));
+        assert!(suite_args(half, None).is_err());
+        let (_, _, o) = parse_compare(SUITES.iter().find(|s| s.name == "batch-ndjson-q10k").unwrap().args).unwrap();
+        assert_eq!(o.service_env, ["QUEUE_SIZE=10000"]);
+    }
+}
