@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use event_ingestor::ingest::{parse_request, BodyMeta, EventLimits, IngestQueue, Parsed, RequestLimits, Sink};
 use event_ingestor::kafka::{Ledger, OutboundRecord};
+use event_ingestor::telemetry::trace::TraceHeaders;
 use event_ingestor::telemetry::{Metrics, QueueGauge};
 use time::OffsetDateTime;
 
@@ -27,11 +28,11 @@ fn json_meta() -> BodyMeta<'static> {
 
 fn encode_all(parsed: Parsed, topic: &Arc<str>) -> usize {
     match parsed {
-        Parsed::Single(e) => OutboundRecord::from_event(&e, topic).value.len(),
+        Parsed::Single(e) => OutboundRecord::from_event(&e, topic, &TraceHeaders::default()).value.len(),
         Parsed::Batch(items) => items
             .into_iter()
             .filter_map(|i| i.event.ok())
-            .map(|e| OutboundRecord::from_event(&e, topic).value.len())
+            .map(|e| OutboundRecord::from_event(&e, topic, &TraceHeaders::default()).value.len())
             .sum(),
     }
 }
@@ -59,7 +60,7 @@ fn parse_and_encode(c: &mut Criterion) {
     let Parsed::Single(event) = parse_request(&json_meta(), EVENT.as_bytes(), now, &l).unwrap() else { unreachable!() };
     let mut g = c.benchmark_group("record");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("encode", |b| b.iter(|| OutboundRecord::from_event(&event, &topic)));
+    g.bench_function("encode", |b| b.iter(|| OutboundRecord::from_event(&event, &topic, &TraceHeaders::default())));
     g.finish();
 }
 
@@ -83,10 +84,10 @@ fn queue_handoff(c: &mut Criterion) {
     // metrics, with the no-op workers draining concurrently.
     g.bench_function("try_push_one", |b| {
         b.iter_batched(
-            || vec![OutboundRecord::from_event(&event, &topic)],
+            || vec![OutboundRecord::from_event(&event, &topic, &TraceHeaders::default())],
             |records| {
                 let _guard = rt.enter();
-                queue.try_push(records, None, Instant::now()).unwrap()
+                queue.try_push(records, None, Instant::now(), tracing::Span::none()).unwrap()
             },
             BatchSize::SmallInput,
         )

@@ -10,6 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The observability tests scrape with a real Prometheus (Debian package).
+scripts/install-prometheus.sh
+
 if [[ "${EVENT_INGESTOR_SKIP_KAFKA_TESTS:-}" != "1" && -z "${EVENT_INGESTOR_TEST_KAFKA:-}" ]]; then
   scripts/kafka.sh start >/dev/null
 fi

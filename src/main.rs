@@ -95,22 +95,23 @@ fn main() -> ExitCode {
     if embedded {
         settings.kafka.brokers = Brokers::Embedded;
     }
-    telemetry::init_logging(&settings.log_level);
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = ?settings, "starting event-ingestor");
-
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
+            eprintln!("event-ingestor: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    let traces = telemetry::init(&settings.log_level, runtime.handle());
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), settings = ?settings, "starting event-ingestor");
     let result = runtime.block_on(async move {
         let shutdown = Shutdown::new();
         listen_for_signals(shutdown.clone()).map_err(|e| e.to_string())?;
         let app = Application::build(settings, shutdown).await.map_err(|e| e.to_string())?;
         app.run_until_stopped().await.map_err(|e| e.to_string())
     });
+    // Spans still buffered are exported before the process exits.
+    traces.shutdown();
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

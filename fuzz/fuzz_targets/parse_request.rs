@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use event_ingestor::ingest::{parse_request, BodyMeta, EventLimits, Parsed, RequestLimits};
 use event_ingestor::kafka::OutboundRecord;
+use event_ingestor::telemetry::trace::TraceHeaders;
 use libfuzzer_sys::fuzz_target;
 
 const TYPES: [&str; 6] = [
@@ -43,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
             Parsed::Batch(items) => items.into_iter().filter_map(|i| i.event.ok()).collect(),
         };
         for e in events {
-            let record = OutboundRecord::from_event(&e, &topic);
+            let record = OutboundRecord::from_event(&e, &topic, &TraceHeaders::default());
             // The record value is always valid JSON that names the event's id.
             let v: serde_json_check::Value = serde_json_check::from_slice(&record.value).expect("record value is JSON");
             assert_eq!(v["id"].as_str(), Some(e.id.as_str()));

@@ -22,6 +22,7 @@ use crate::config::AckMode;
 use crate::ingest::request::framing;
 use crate::ingest::{parse_request, BodyMeta, EventError, Item, Parsed, QueueError, RequestError};
 use crate::kafka::{AckBatch, DeliveryOutcome, OutboundRecord};
+use crate::telemetry::trace::TraceHeaders;
 
 /// The `ack` query parameter, else the configured mode.
 fn ack_mode(uri: &Uri, default: AckMode) -> Result<AckMode, ApiError> {
@@ -177,8 +178,17 @@ async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Respon
     let now = OffsetDateTime::now_utc();
     let mode = ack_mode(uri, state.ack_mode)?;
     let meta = body_meta(headers);
-    // Refuse an unsupported type or encoding before reading the body.
+    // Refuse an unsupported type or encoding, or a request a full queue cannot take, before reading
+    // the body.
     framing(&meta)?;
+    if state.metrics.queue().depth() >= state.metrics.queue().capacity {
+        state.metrics.rejected("queue_full", 1);
+        return Err(ApiError::unavailable(
+            "queue_full",
+            "the ingest queue is full; retry later",
+            state.queue.retry_after_secs(1),
+        ));
+    }
     let bytes = tokio::time::timeout(state.body_read_timeout, read_body(headers, body, state.limits.max_body_bytes))
         .await
         .map_err(|_| {
@@ -198,11 +208,11 @@ async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Respon
         ApiError::from(e)
     })?;
 
+    let n = match &parsed {
+        Parsed::Single(_) => 1,
+        Parsed::Batch(items) => items.iter().filter(|i| i.event.is_ok()).count(),
+    };
     if state.access.limits.count_events {
-        let n = match &parsed {
-            Parsed::Single(_) => 1,
-            Parsed::Batch(items) => items.iter().filter(|i| i.event.is_ok()).count(),
-        };
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         let client = state.access.limits.client_key(headers, peer, tenant.map(|t| &**t));
         state.access.limits.check_events(&client, tenant.map(|t| &**t), n).inspect_err(|e| {
@@ -213,25 +223,42 @@ async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Respon
         })?;
     }
 
+    // The producer span (messaging semantic conventions); its context goes into the records' headers.
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format_args!("publish {topic}"),
+        otel.kind = "producer",
+        messaging.system = "kafka",
+        messaging.operation.type = "publish",
+        messaging.destination.name = %topic,
+        messaging.batch.message_count = n,
+        messaging.kafka.destination.partition = tracing::field::Empty,
+        messaging.kafka.offset = tracing::field::Empty,
+    );
+    let trace = TraceHeaders::for_records(&span, headers);
+
     match parsed {
         Parsed::Single(event) => {
-            let record = OutboundRecord::from_event(&event, &topic);
+            let record = OutboundRecord::from_event(&event, &topic, &trace);
             if record.value.len() > state.limits.max_event_bytes {
                 state.metrics.rejected("event_too_large", 1);
                 return Err(ApiError::from_event(&event_too_large(record.value.len(), state.limits.max_event_bytes)));
             }
             let id = record.id.clone();
-            let acks = enqueue(&state, vec![record], mode, received_at)?;
+            let acks = enqueue(&state, vec![record], mode, received_at, span.clone())?;
             match acks {
                 None => Ok((StatusCode::ACCEPTED, Json(json!({"status": "accepted", "id": id}))).into_response()),
                 Some(batch) => {
                     let outcomes = wait_for_acks(&state, &batch).await;
                     match outcomes.into_iter().next().flatten() {
-                        Some(DeliveryOutcome::Delivered { partition, offset }) => Ok((
-                            StatusCode::OK,
-                            Json(json!({"status": "published", "id": id, "topic": &*topic, "partition": partition, "offset": offset})),
-                        )
-                            .into_response()),
+                        Some(DeliveryOutcome::Delivered { partition, offset }) => {
+                            record_delivery(&span, partition, offset);
+                            Ok((
+                                StatusCode::OK,
+                                Json(json!({"status": "published", "id": id, "topic": &*topic, "partition": partition, "offset": offset})),
+                            )
+                                .into_response())
+                        }
                         Some(DeliveryOutcome::Failed { code, message }) => {
                             Err(delivery_failed(&code, &message).with("id", id))
                         }
@@ -240,7 +267,7 @@ async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Respon
                 }
             }
         }
-        Parsed::Batch(items) => ingest_batch(&state, &topic, items, mode, received_at).await,
+        Parsed::Batch(items) => ingest_batch(&state, &topic, items, mode, received_at, &trace, span).await,
     }
 }
 
@@ -250,6 +277,12 @@ fn scope_label(s: &str) -> &'static str {
         "tenant" => "tenant",
         _ => "global",
     }
+}
+
+/// Puts where Kafka stored the event on the producer span (messaging semantic conventions).
+fn record_delivery(span: &tracing::Span, partition: i32, offset: i64) {
+    span.record("messaging.kafka.destination.partition", partition);
+    span.record("messaging.kafka.offset", offset);
 }
 
 /// The metrics label of a request-level rejection.
@@ -283,6 +316,8 @@ async fn ingest_batch(
     items: Vec<Item>,
     mode: AckMode,
     received_at: Instant,
+    trace: &TraceHeaders,
+    span: tracing::Span,
 ) -> Result<Response, ApiError> {
     let mut results = Vec::with_capacity(items.len());
     let mut records = Vec::with_capacity(items.len());
@@ -290,7 +325,7 @@ async fn ingest_batch(
     let mut slots = Vec::with_capacity(items.len());
     for Item { index, line, event } in items {
         let parsed = event.and_then(|event| {
-            let record = OutboundRecord::from_event(&event, topic);
+            let record = OutboundRecord::from_event(&event, topic, trace);
             if record.value.len() > state.limits.max_event_bytes {
                 return Err(event_too_large(record.value.len(), state.limits.max_event_bytes));
             }
@@ -322,7 +357,7 @@ async fn ingest_batch(
             .with("results", serde_json::to_value(&results).unwrap_or_default()));
     }
     let accepted_count = records.len();
-    if let Some(batch) = enqueue(state, records, mode, received_at)? {
+    if let Some(batch) = enqueue(state, records, mode, received_at, span)? {
         let outcomes = wait_for_acks(state, &batch).await;
         let mut delivered = 0;
         let mut first_failure: Option<ApiError> = None;
@@ -372,6 +407,7 @@ fn enqueue(
     records: Vec<OutboundRecord>,
     mode: AckMode,
     received_at: Instant,
+    span: tracing::Span,
 ) -> Result<Option<Arc<AckBatch>>, ApiError> {
     let n = records.len();
     if state.spool.is_full() {
@@ -383,7 +419,7 @@ fn enqueue(
         ));
     }
     let acks = (mode == AckMode::Kafka).then(|| AckBatch::new(n));
-    match state.queue.try_push(records, acks.clone(), received_at) {
+    match state.queue.try_push(records, acks.clone(), received_at, span) {
         Ok(()) => Ok(acks),
         Err(QueueError::Full { retry_after_secs }) => {
             state.metrics.rejected("queue_full", n);

@@ -28,6 +28,7 @@ pub struct Job {
     records: Vec<OutboundRecord>,
     acks: Option<Arc<AckBatch>>,
     received_at: Instant,
+    span: tracing::Span,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,7 @@ impl IngestQueue {
         records: Vec<OutboundRecord>,
         acks: Option<Arc<AckBatch>>,
         received_at: Instant,
+        span: tracing::Span,
     ) -> Result<(), QueueError> {
         if self.tx.is_closed() {
             return Err(QueueError::Closed);
@@ -94,7 +96,7 @@ impl IngestQueue {
         if !gauge.try_take(n) {
             return Err(QueueError::Full { retry_after_secs: self.retry_after_secs(n) });
         }
-        if self.tx.try_send(Job { records, acks, received_at }).is_err() {
+        if self.tx.try_send(Job { records, acks, received_at, span }).is_err() {
             gauge.give_back(n);
             return Err(QueueError::Closed);
         }
@@ -155,7 +157,7 @@ impl IngestQueue {
 }
 
 async fn send_job(publisher: &Publisher, job: Job) {
-    let Job { records, acks, received_at } = job;
+    let Job { records, acks, received_at, span } = job;
     for (index, record) in records.into_iter().enumerate() {
         let ticket = Box::new(DeliveryTicket {
             id: record.id.clone(),
@@ -164,6 +166,7 @@ async fn send_job(publisher: &Publisher, job: Job) {
             attempt: 1,
             destination: Destination::Primary,
             ack: acks.as_ref().map(|a| (a.clone(), index)),
+            span: span.clone(),
         });
         publisher.send(record, ticket).await;
     }

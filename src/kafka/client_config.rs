@@ -31,7 +31,7 @@ pub fn client_config(settings: &KafkaSettings, bootstrap: &str, role: ClientRole
             // reason a worker waits while the broker keeps up.
             .set("queue.buffering.max.messages", (queue_size.saturating_mul(2)).max(100_000).to_string())
             .set("queue.buffering.max.kbytes", "262144")
-            .set("statistics.interval.ms", "0");
+            .set("statistics.interval.ms", "5000");
     }
     for (name, value) in &settings.properties {
         cfg.set(name, value);

@@ -75,6 +75,9 @@ pub struct DeliveryTicket {
     pub destination: Destination,
     /// Set when a caller waits for this event (`ack=kafka`): the slot to resolve.
     pub ack: Option<(Arc<AckBatch>, usize)>,
+    /// The producer span of the request: held until the last of its events is resolved, so the span
+    /// lasts as long as the publish did.
+    pub span: tracing::Span,
 }
 
 /// Whether another attempt can succeed. librdkafka already retried within `message.timeout.ms`; these

@@ -78,7 +78,9 @@ impl ClientContext for DeliveryContext {
         tracing::warn!(target: "event_ingestor::kafka", error = %error, reason, "kafka client error");
     }
 
-    fn stats(&self, _statistics: Statistics) {}
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.kafka_statistics(&statistics);
+    }
 }
 
 impl DeliveryContext {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::ingest::envelope::Event;
+use crate::telemetry::trace::TraceHeaders;
 
 /// One record ready to hand to the producer.
 pub struct OutboundRecord {
@@ -18,8 +19,9 @@ pub struct OutboundRecord {
 
 impl OutboundRecord {
     /// Encodes `event` for `topic`: key = `key` or id; value = the normalized envelope as JSON; headers
+    /// `traceparent`/`tracestate` (the producer span, or the caller's context when tracing is off),
     /// `ce_id`, `ce_type`, `ce_time`, `ce_specversion`, `content-type` and the caller's own.
-    pub fn from_event(event: &Event, topic: &Arc<str>) -> Self {
+    pub fn from_event(event: &Event, topic: &Arc<str>, trace: &TraceHeaders) -> Self {
         let time = event.timestamp_rfc3339();
         let value = event.to_json(&time);
         let mut headers = OwnedHeaders::new_with_capacity(5 + event.headers.len())
@@ -28,6 +30,12 @@ impl OutboundRecord {
             .insert(Header { key: "ce_time", value: Some(time.as_bytes()) })
             .insert(Header { key: "ce_specversion", value: Some("1.0") })
             .insert(Header { key: "content-type", value: Some("application/json") });
+        if let Some(tp) = &trace.traceparent {
+            headers = headers.insert(Header { key: "traceparent", value: Some(tp.as_bytes()) });
+        }
+        if let Some(ts) = &trace.tracestate {
+            headers = headers.insert(Header { key: "tracestate", value: Some(ts.as_bytes()) });
+        }
         if let Some(source) = &event.source {
             headers = headers.insert(Header { key: "ce_source", value: Some(source.as_bytes()) });
         }

@@ -79,6 +79,7 @@ pub async fn replay_once(publisher: &Publisher, metrics: &Metrics, ack_wait: Dur
                 attempt: 1,
                 destination: Destination::Replay,
                 ack: Some((batch.clone(), index)),
+                span: tracing::Span::none(),
             });
             publisher
                 .send_raw(

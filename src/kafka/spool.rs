@@ -388,6 +388,8 @@ impl SegmentWriter {
 pub struct Ledger {
     file: File,
     accepted: Mutex<u64>,
+    /// Held for the life of the process: two instances must never share a spool directory.
+    _lock: File,
 }
 
 /// What the previous run's ledger said.
@@ -413,6 +415,13 @@ impl Ledger {
     /// Opens `dir/ledger`, returning what the previous run left, and starts a new run.
     pub fn open(dir: &Path) -> io::Result<(Self, Option<PreviousRun>)> {
         fs::create_dir_all(dir)?;
+        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        lock.try_lock().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "another event-ingestor process is using this spool directory (SPOOL_DIR)",
+            )
+        })?;
         let path = dir.join("ledger");
         let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path)?;
         let mut buf = [0u8; 17];
@@ -426,7 +435,7 @@ impl Ledger {
         };
         file.write_all_at(&[0u8; 17], 0)?;
         file.sync_data()?;
-        Ok((Ledger { file, accepted: Mutex::new(0) }, previous))
+        Ok((Ledger { file, accepted: Mutex::new(0), _lock: lock }, previous))
     }
 
     /// Records `n` more accepted events. Called before the 2xx is sent.
@@ -502,10 +511,10 @@ mod tests {
         SpoolRecord {
             id: format!("id-{i}"),
             topic: "events".into(),
-            key: (i % 2 == 0).then(|| b"k".to_vec()),
+            key: i.is_multiple_of(2).then(|| b"k".to_vec()),
             value: format!("{{\"n\":{i}}}").into_bytes(),
             headers: vec![("ce_id".into(), Some(format!("id-{i}").into_bytes())), ("empty".into(), None)],
-            timestamp_ms: (i % 3 != 0).then_some(1_700_000_000_000 + i as i64),
+            timestamp_ms: (!i.is_multiple_of(3)).then_some(1_700_000_000_000 + i as i64),
         }
     }
 
@@ -576,6 +585,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (ledger, previous) = Ledger::open(dir.path()).unwrap();
         assert_eq!(previous, None);
+        assert!(Ledger::open(dir.path()).is_err(), "a second process cannot share the directory");
         ledger.accepted(10);
         ledger.accepted(5);
         ledger.resolved(12);
@@ -584,6 +594,7 @@ mod tests {
         assert_eq!(previous.unwrap().unresolved(), 3);
         ledger.accepted(4);
         ledger.clean_stop(4);
+        drop(ledger);
         let (_, previous) = Ledger::open(dir.path()).unwrap();
         assert_eq!(previous.unwrap().unresolved(), 0);
     }

@@ -13,7 +13,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::Semaphore;
 
@@ -27,6 +26,16 @@ pub struct HttpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BrokerLabel {
+    broker: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,6 +150,11 @@ struct Inner {
     unresolved_previous_run: Gauge,
     events_rejected: Family<ReasonLabel, Counter>,
     http_requests: Family<StatusLabel, Counter>,
+    kafka_queue_messages: Gauge,
+    kafka_queue_bytes: Gauge,
+    kafka_rtt: Family<BrokerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    kafka_tx_errors: Family<BrokerLabel, Gauge>,
+    kafka_tx_retries: Family<BrokerLabel, Gauge>,
     rate_limited: Family<ScopeLabel, Counter>,
     load_shed: Counter,
     panics: Counter,
@@ -209,6 +223,38 @@ impl Metrics {
         registry.register("events_rejected", "Events refused at ingest, by reason", events_rejected.clone());
         let http_requests = Family::<StatusLabel, Counter>::default();
         registry.register("http_requests", "HTTP requests on the ingest listener by status", http_requests.clone());
+        let kafka_queue_messages = Gauge::default();
+        registry.register(
+            "kafka_producer_queue_messages",
+            "Messages in librdkafka's producer queue (statistics)",
+            kafka_queue_messages.clone(),
+        );
+        let kafka_queue_bytes = Gauge::default();
+        registry.register_with_unit(
+            "kafka_producer_queue",
+            "Bytes in librdkafka's producer queue (statistics)",
+            Unit::Bytes,
+            kafka_queue_bytes.clone(),
+        );
+        let kafka_rtt = Family::<BrokerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register_with_unit(
+            "kafka_broker_rtt",
+            "Average broker round-trip time (librdkafka statistics)",
+            Unit::Seconds,
+            kafka_rtt.clone(),
+        );
+        let kafka_tx_errors = Family::<BrokerLabel, Gauge>::default();
+        registry.register(
+            "kafka_broker_request_errors",
+            "Request errors to the broker since start (librdkafka txerrs)",
+            kafka_tx_errors.clone(),
+        );
+        let kafka_tx_retries = Family::<BrokerLabel, Gauge>::default();
+        registry.register(
+            "kafka_broker_request_retries",
+            "Request retries to the broker since start (librdkafka txretries)",
+            kafka_tx_retries.clone(),
+        );
         let rate_limited = Family::<ScopeLabel, Counter>::default();
         registry.register(
             "http_rate_limited",
@@ -249,7 +295,11 @@ impl Metrics {
         );
         let batch_size = Histogram::new(exponential_buckets(1.0, 4.0, 9));
         registry.register("ingest_batch_size", "Events per accepted request", batch_size.clone());
-        registry.register("build", "Build information", Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]));
+        // A gauge at 1 rather than an OpenMetrics `info`, so classic Prometheus text parsers (promtool)
+        // read the exposition too.
+        let build_info = Family::<VersionLabel, Gauge>::default();
+        build_info.get_or_create(&VersionLabel { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("event_ingestor_build_info", "Build information: the version label", build_info);
         registry.register_collector(Box::new(QueueCollector(queue.clone())));
         Metrics(Arc::new(Inner {
             registry,
@@ -266,6 +316,11 @@ impl Metrics {
             unresolved_previous_run,
             events_rejected,
             http_requests,
+            kafka_queue_messages,
+            kafka_queue_bytes,
+            kafka_rtt,
+            kafka_tx_errors,
+            kafka_tx_retries,
             rate_limited,
             load_shed,
             panics,
@@ -362,6 +417,21 @@ impl Metrics {
         self.0.queue.depth()
     }
 
+    /// librdkafka's periodic statistics (`statistics.interval.ms`). Broker labels are bounded by the
+    /// cluster's brokers.
+    pub fn kafka_statistics(&self, stats: &rdkafka::Statistics) {
+        self.0.kafka_queue_messages.set(stats.msg_cnt as i64);
+        self.0.kafka_queue_bytes.set(stats.msg_size as i64);
+        for broker in stats.brokers.values().filter(|b| b.nodeid >= 0) {
+            let label = BrokerLabel { broker: broker.nodeid.to_string() };
+            if let Some(rtt) = &broker.rtt {
+                self.0.kafka_rtt.get_or_create(&label).set(rtt.avg as f64 / 1e6);
+            }
+            self.0.kafka_tx_errors.get_or_create(&label).set(broker.txerrs as i64);
+            self.0.kafka_tx_retries.get_or_create(&label).set(broker.txretries as i64);
+        }
+    }
+
     pub fn rate_limited(&self, scope: &'static str) {
         self.0.rate_limited.get_or_create(&ScopeLabel { scope }).inc();
     }
@@ -396,6 +466,29 @@ impl Metrics {
             _ => "5xx",
         };
         self.0.http_duration.get_or_create(&HttpLabels { route, status_class }).observe(elapsed.as_secs_f64());
+    }
+
+    /// The classic Prometheus text format (0.0.4), for scrapers and tools that do not speak OpenMetrics
+    /// (promtool, older agents): counters are declared under their `_total` name and the OpenMetrics-only
+    /// `# UNIT` and `# EOF` lines are dropped.
+    pub fn encode_prometheus_text(&self) -> String {
+        let open = self.encode();
+        let counters: std::collections::HashSet<&str> =
+            open.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+        let mut out = String::with_capacity(open.len() + 256);
+        for line in open.lines() {
+            if line.starts_with("# UNIT ") || line == "# EOF" {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (name, tail) = rest.split_once(' ')?;
+                counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+            });
+            out.push_str(renamed.as_deref().unwrap_or(line));
+            out.push('\n');
+        }
+        out
     }
 
     /// The OpenMetrics text exposition.

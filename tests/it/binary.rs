@@ -17,6 +17,18 @@ pub struct Running {
     pub child: Child,
     pub http: String,
     pub admin: String,
+    /// Every line the binary logged so far.
+    pub lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Running {
+    /// A failing test must not leave the binary running (it would also hold the test's output open).
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Starts the binary with `env` and waits for its "listening" log line, which names both addresses.
@@ -35,6 +47,8 @@ pub fn start_binary(env: &[(&str, &str)]) -> Running {
         .expect("binary starts");
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -51,10 +65,11 @@ pub fn start_binary(env: &[(&str, &str)]) -> Running {
             }
             // Keep draining so the child never blocks on a full pipe; echo for failing-test output.
             println!("[binary] {line}");
+            sink.lock().unwrap().push(line);
         }
     });
     let (http, admin) = rx.recv_timeout(Duration::from_secs(30)).expect("binary logs its listening addresses");
-    Running { child, http: format!("http://{http}"), admin: format!("http://{admin}") }
+    Running { child, http: format!("http://{http}"), admin: format!("http://{admin}"), lines }
 }
 
 pub fn signal(child: &Child, sig: &str) {

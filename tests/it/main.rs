@@ -6,6 +6,7 @@ mod api;
 mod binary;
 mod faults;
 mod helpers;
+mod observability;
 mod real_kafka;
 mod stack;
 mod zero_loss;
