@@ -170,8 +170,9 @@ async fn sigterm_with_requests_in_flight_loses_no_acknowledged_event() {
         ("KAFKA_BROKERS", &bootstrap),
         ("KAFKA_TOPIC", &topic),
         ("KAFKA_DLQ_TOPIC", &dlq),
-        ("SHUTDOWN_DRAIN_DELAY", "1s"),
+        ("SHUTDOWN_DRAIN_DELAY", "2s"),
         ("SHUTDOWN_TIMEOUT", "20s"),
+        ("QUEUE_SIZE", "100000"),
         ("RATE_LIMIT_RPS", "0"),
     ]);
     let client = reqwest::Client::new();
@@ -185,12 +186,18 @@ async fn sigterm_with_requests_in_flight_loses_no_acknowledged_event() {
         senders.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let ack = if worker % 4 == 0 { "?ack=kafka" } else { "" };
-                let body = json!({"type": "load", "key": format!("w{worker}"), "payload": {"worker": worker, "i": i}});
+                // Both ack modes at once; batches of 10 so a debug build sustains thousands of events/s.
+                let ack = if worker % 2 == 0 { "?ack=kafka" } else { "" };
+                let body: Vec<Value> = (0..10)
+                    .map(|j| json!({"type": "load", "key": format!("w{worker}"), "payload": {"worker": worker, "i": i, "j": j}}))
+                    .collect();
                 match client.post(format!("{url}/events{ack}")).json(&body).send().await {
                     Ok(r) if r.status().is_success() => {
                         let v: Value = r.json().await.unwrap();
-                        acked.lock().unwrap().push(v["id"].as_str().unwrap().to_string());
+                        let mut acked = acked.lock().unwrap();
+                        for item in v["results"].as_array().unwrap() {
+                            acked.push(item["id"].as_str().unwrap().to_string());
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
@@ -199,9 +206,12 @@ async fn sigterm_with_requests_in_flight_loses_no_acknowledged_event() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Ten seconds of steady load in all: eight before the signal, two of drain delay after it.
+    let load_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let before = acked.lock().unwrap().len();
-    assert!(before > 100, "load was flowing before the signal ({before} acked)");
+    println!("load before SIGTERM: {before} events acknowledged in 8 s ({:.0} events/s)", before as f64 / 8.0);
+    assert!(before > 1000, "load was flowing before the signal ({before} acked)");
 
     signal(&running.child, "TERM");
     let signalled = Instant::now();
@@ -212,6 +222,7 @@ async fn sigterm_with_requests_in_flight_loses_no_acknowledged_event() {
         }
         assert!(signalled.elapsed() < Duration::from_secs(1), "readiness did not turn 503");
     }
+    println!("readiness turned 503 {:?} after SIGTERM", signalled.elapsed());
     let status =
         tokio::task::spawn_blocking(move || wait_exit(&mut running.child, Duration::from_secs(30))).await.unwrap();
     stop.store(true, Ordering::Relaxed);
@@ -221,6 +232,13 @@ async fn sigterm_with_requests_in_flight_loses_no_acknowledged_event() {
     assert_eq!(status.code(), Some(0), "clean exit");
 
     let acked = acked.lock().unwrap().clone();
+    println!(
+        "sent for {:?}: {} events acknowledged ({} during the drain delay); exit {:?} after the signal",
+        load_started.elapsed(),
+        acked.len(),
+        acked.len() - before,
+        signalled.elapsed()
+    );
     assert!(acked.len() > before, "requests were still served during the drain delay");
     let messages = consume(&bootstrap, &topic, acked.len(), Duration::from_secs(60)).await;
     let found = ids_of(&messages);
