@@ -23,6 +23,8 @@ use crate::ingest::request::framing;
 use crate::ingest::{parse_request, BodyMeta, EventError, Item, Parsed, QueueError, RequestError};
 use crate::kafka::{AckBatch, DeliveryOutcome, OutboundRecord};
 use crate::telemetry::trace::TraceHeaders;
+use opentelemetry::trace::TraceContextExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The `ack` query parameter, else the configured mode.
 fn ack_mode(uri: &Uri, default: AckMode) -> Result<AckMode, ApiError> {
@@ -224,17 +226,22 @@ async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Respon
     }
 
     // The producer span (messaging semantic conventions); its context goes into the records' headers.
-    let span = tracing::info_span!(
-        "publish",
-        otel.name = %format_args!("publish {topic}"),
-        otel.kind = "producer",
-        messaging.system = "kafka",
-        messaging.operation.type = "publish",
-        messaging.destination.name = %topic,
-        messaging.batch.message_count = n,
-        messaging.kafka.destination.partition = tracing::field::Empty,
-        messaging.kafka.offset = tracing::field::Empty,
-    );
+    // Only for sampled traces: an unsampled (or untraced) request skips its cost entirely.
+    let span = if tracing::Span::current().context().span().span_context().is_sampled() {
+        tracing::info_span!(
+            "publish",
+            otel.name = %format_args!("publish {topic}"),
+            otel.kind = "producer",
+            messaging.system = "kafka",
+            messaging.operation.type = "publish",
+            messaging.destination.name = %topic,
+            messaging.batch.message_count = n,
+            messaging.kafka.destination.partition = tracing::field::Empty,
+            messaging.kafka.offset = tracing::field::Empty,
+        )
+    } else {
+        tracing::Span::none()
+    };
     let trace = TraceHeaders::for_records(&span, headers);
 
     match parsed {
