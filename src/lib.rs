@@ -170,6 +170,7 @@ impl Application {
             limits: Arc::new(IngestLimits::from_settings(&settings)),
             spool,
             access: Arc::new(Access { keys: keys.clone(), limits: RateLimits::from_settings(&settings) }),
+            sampler: telemetry::trace::HeadSampler::from_env(),
             beacon_path: Arc::from(settings.access.beacon_path.as_str()),
             body_read_timeout: settings.http.body_read_timeout,
         };

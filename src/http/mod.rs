@@ -85,6 +85,8 @@ pub struct AppState {
     /// At its size limit, new events are refused: they could not be kept if Kafka failed them.
     pub spool: Arc<crate::kafka::Spool>,
     pub access: Arc<access::Access>,
+    /// Decides per request whether it is traced (no span at all when not).
+    pub sampler: crate::telemetry::trace::HeadSampler,
     pub beacon_path: Arc<str>,
     pub body_read_timeout: Duration,
 }
@@ -144,6 +146,7 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState, settings: &Set
     });
     let cors = (!settings.access.cors_origins.is_empty()).then(|| cors_layer(&settings.access.cors_origins));
     let panic_metrics = state.metrics.clone();
+    let sampler = state.sampler;
     let shed_metrics = state.metrics.clone();
 
     let stack = ServiceBuilder::new()
@@ -154,7 +157,7 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState, settings: &Set
         // logged at debug, never at error.
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(server_span)
+                .make_span_with(move |req: &Request| server_span(req, &sampler))
                 .on_response(|res: &Response, latency: Duration, span: &tracing::Span| {
                     span.record("http.response.status_code", res.status().as_u16());
                     tracing::debug!(
@@ -228,9 +231,13 @@ impl MakeRequestId for RequestIds {
     }
 }
 
-fn server_span(req: &Request) -> tracing::Span {
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+fn server_span(req: &Request, sampler: &crate::telemetry::trace::HeadSampler) -> tracing::Span {
     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !sampler.sample(req.headers()) {
+        // Not traced: only a DEBUG span carrying the request id for debug logs (free at INFO).
+        return tracing::debug_span!("request", method = %req.method(), request_id = %id);
+    }
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{} {}", req.method(), route),

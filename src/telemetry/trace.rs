@@ -39,6 +39,15 @@ impl TraceGuard {
     }
 }
 
+/// The OTLP traces endpoint from the standard variables, unless `OTEL_TRACES_EXPORTER=none`.
+pub fn otlp_endpoint() -> Option<String> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    if var("OTEL_TRACES_EXPORTER").is_some_and(|v| v == "none") {
+        return None;
+    }
+    var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+}
+
 pub fn install_propagator() {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 }
@@ -46,12 +55,8 @@ pub fn install_propagator() {
 /// The tracer when an endpoint is configured and `OTEL_TRACES_EXPORTER` is not `none`.
 pub(super) fn tracer(runtime: &tokio::runtime::Handle) -> (TraceGuard, Option<opentelemetry_sdk::trace::Tracer>) {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
     let off = TraceGuard { provider: None, endpoint: String::new(), protocol: "" };
-    let Some(endpoint) = endpoint else { return (off, None) };
-    if var("OTEL_TRACES_EXPORTER").is_some_and(|v| v == "none") {
-        return (off, None);
-    }
+    let Some(endpoint) = otlp_endpoint() else { return (off, None) };
     let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
         .unwrap_or_else(|| "http/protobuf".into());
@@ -182,4 +187,56 @@ pub fn valid_traceparent(t: &str) -> bool {
         && hex(parts[3], 2)
         && parts[1] != "0".repeat(32)
         && parts[2] != "0".repeat(16)
+}
+
+/// The head-sampling decision for a request, taken *before* any span exists so that unsampled requests
+/// cost nothing in the tracing pipeline. Follows `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` with the
+/// SDK's default (`parentbased_always_on`); the SDK's own sampler then agrees for the spans we do create.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadSampler {
+    enabled: bool,
+    parent_based: bool,
+    ratio: f64,
+}
+
+impl HeadSampler {
+    /// Off (nothing sampled, no spans) when no OTLP endpoint is configured.
+    pub fn from_env() -> Self {
+        let exporting = otlp_endpoint().is_some();
+        let sampler = std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_else(|_| "parentbased_always_on".into());
+        let arg = std::env::var("OTEL_TRACES_SAMPLER_ARG")
+            .ok()
+            .and_then(|a| a.parse::<f64>().ok())
+            .unwrap_or(1.0)
+            .clamp(0.0, 1.0);
+        let (parent_based, ratio) = match sampler.as_str() {
+            "always_on" => (false, 1.0),
+            "always_off" => (false, 0.0),
+            "traceidratio" => (false, arg),
+            "parentbased_always_off" => (true, 0.0),
+            "parentbased_traceidratio" => (true, arg),
+            _ => (true, 1.0),
+        };
+        HeadSampler { enabled: exporting, parent_based, ratio }
+    }
+
+    /// Whether this request is traced: the caller's sampled flag when parent-based and present, else the
+    /// ratio.
+    pub fn sample(&self, headers: &axum::http::HeaderMap) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        if self.parent_based {
+            if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|t| valid_traceparent(t))
+            {
+                return u8::from_str_radix(&tp[53..55], 16).is_ok_and(|flags| flags & 1 == 1);
+            }
+        }
+        self.ratio >= 1.0 || (self.ratio > 0.0 && rand_unit() < self.ratio)
+    }
+}
+
+/// A cheap uniform number in [0, 1) (not for cryptography).
+fn rand_unit() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
