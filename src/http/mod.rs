@@ -248,6 +248,7 @@ fn server_span(req: &Request, sampler: &crate::telemetry::trace::HeadSampler) ->
         http.response.status_code = tracing::field::Empty,
         request_id = %id,
         trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
     );
     crate::telemetry::trace::adopt_remote_parent(&span, req.headers());
     span

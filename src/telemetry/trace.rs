@@ -122,8 +122,8 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// Makes the request's `traceparent`/`tracestate` the parent of `span`, and records the trace id on the
-/// span so every log line inside it carries it.
+/// Makes the request's `traceparent`/`tracestate` the parent of `span`, and records the trace and span
+/// ids on the span so every log line inside it carries them.
 pub fn adopt_remote_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) {
     if span.is_disabled() {
         return;
@@ -132,9 +132,11 @@ pub fn adopt_remote_parent(span: &tracing::Span, headers: &axum::http::HeaderMap
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }
-    let trace_id = span.context().span().span_context().trace_id();
-    if trace_id != opentelemetry::trace::TraceId::INVALID {
-        span.record("trace_id", tracing::field::display(trace_id));
+    let cx = span.context();
+    let span_context = cx.span().span_context().clone();
+    if span_context.is_valid() {
+        span.record("trace_id", tracing::field::display(span_context.trace_id()));
+        span.record("span_id", tracing::field::display(span_context.span_id()));
     }
 }
 

@@ -231,8 +231,10 @@ async fn traces_link_the_caller_the_server_span_the_producer_span_and_the_kafka_
         format!("00-{trace_id}-{}-01", producer["spanId"].as_str().unwrap()),
         "the record names the producer span"
     );
-    let traced_lines = lines.lock().unwrap().iter().filter(|l| l.contains(trace_id)).count();
-    assert!(traced_lines > 0, "log lines of the request carry its trace id");
+    let server_span_id = server["spanId"].as_str().unwrap();
+    let traced_lines =
+        lines.lock().unwrap().iter().filter(|l| l.contains(trace_id) && l.contains(server_span_id)).count();
+    assert!(traced_lines > 0, "log lines of the request carry its trace and span ids");
     let _ = rdkafka::message::Message::key(&record);
     let _ = record.payload();
 }
