@@ -157,6 +157,7 @@ impl Application {
             health_stop.clone(),
         ));
         tokio::spawn(write_ledger(ledger.clone(), queue_gauge.clone(), health_stop.clone()));
+        tokio::spawn(publisher.clone().run_fatal_recovery(health_stop.clone()));
 
         let state = AppState {
             queue,
@@ -189,6 +190,11 @@ impl Application {
             bootstrap,
             embedded,
         })
+    }
+
+    /// The pipeline's producer side (for fault-injection tests).
+    pub fn publisher(&self) -> Arc<kafka::Publisher> {
+        self.publisher.clone()
     }
 
     /// The state the handlers share (for routers built around the same pipeline, e.g. in tests).

@@ -5,17 +5,22 @@
 //! success path does no allocation; a failure copies the record out of librdkafka and hands it to
 //! `run_failures`, which retries it with backoff or writes it to the dead-letter topic. What the
 //! dead-letter topic does not take either, and what is left when shutdown gives up, goes to the spool.
+//!
+//! A fatal librdkafka error (`fatal_error`, e.g. the idempotent producer fenced) ends a producer for good:
+//! what it still holds is spooled, then [`Publisher::run_fatal_recovery`] puts a new one in its place and
+//! the spool replay sends the spooled events on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::{ClientContext, Statistics};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
@@ -69,13 +74,21 @@ pub struct DeliveryContext {
     metrics: Metrics,
     failures: mpsc::UnboundedSender<FailedDelivery>,
     spool: Arc<Spool>,
-    /// Set at the end of shutdown: failures are no longer retried, they go to the spool.
+    /// Set at the end of shutdown, and when the producer is being replaced: failures are no longer
+    /// retried through this producer, they go to the spool.
     abandoning: AtomicBool,
+    /// Set once librdkafka reports a fatal error: this producer will never deliver again.
+    fatal: AtomicBool,
+    /// Wakes [`Publisher::run_fatal_recovery`] to check the client for a fatal error.
+    check_fatal: Arc<Notify>,
 }
 
 impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "event_ingestor::kafka", error = %error, reason, "kafka client error");
+        // A fatal error arrives here under its underlying code (e.g. ProducerFenced), so the recovery
+        // task asks the client itself (`rd_kafka_fatal_error`).
+        self.check_fatal.notify_one();
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -84,10 +97,37 @@ impl ClientContext for DeliveryContext {
 }
 
 impl DeliveryContext {
+    fn new(
+        metrics: Metrics,
+        failures: mpsc::UnboundedSender<FailedDelivery>,
+        spool: Arc<Spool>,
+        check_fatal: Arc<Notify>,
+    ) -> Self {
+        Self {
+            metrics,
+            failures,
+            spool,
+            abandoning: AtomicBool::new(false),
+            fatal: AtomicBool::new(false),
+            check_fatal,
+        }
+    }
+
+    fn mark_fatal(&self) {
+        if !self.fatal.swap(true, Ordering::AcqRel) {
+            self.check_fatal.notify_one();
+        }
+    }
+
     /// Routes a failure: a waiting caller is told at once (it may retry; a dead letter would duplicate);
     /// a replayed record goes back to the spool; anything else goes to `run_failures` for a retry or the
-    /// dead-letter topic — or, once shutdown has given up, to the spool.
+    /// dead-letter topic — or, once shutdown has given up or the producer has failed fatally, to the spool.
     fn fail(&self, failure: FailedDelivery) {
+        let code = failure.error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::Fatal) {
+            // `produce` refuses with ERR__FATAL before the error callback has run.
+            self.mark_fatal();
+        }
         if let Some((batch, index)) = &failure.ticket.ack {
             if failure.ticket.destination != Destination::Replay {
                 self.metrics.failed_and_reported();
@@ -96,7 +136,12 @@ impl DeliveryContext {
             batch.resolve(*index, DeliveryOutcome::Failed { code: error_code(&failure.error), message });
             return;
         }
-        if self.abandoning.load(Ordering::Acquire) {
+        // A purge only happens when this producer is given up (shutdown, or librdkafka's own purge
+        // after a fatal error): retrying through it would fail again.
+        let given_up = self.abandoning.load(Ordering::Acquire)
+            || self.fatal.load(Ordering::Acquire)
+            || matches!(code, Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight));
+        if given_up {
             spool_or_count_lost(&self.spool, &self.metrics, failure);
             return;
         }
@@ -162,9 +207,17 @@ impl Parked {
     }
 }
 
-/// The producer and what it needs to retry and dead-letter.
+/// The producer and what it needs to retry, dead-letter, and replace itself after a fatal error.
 pub struct Publisher {
-    producer: ThreadedProducer<DeliveryContext>,
+    /// The live producer; replaced (never while a send holds it) after a fatal error.
+    producer: RwLock<Arc<ThreadedProducer<DeliveryContext>>>,
+    /// What a replacement producer is made from.
+    client_config: ClientConfig,
+    failures: mpsc::UnboundedSender<FailedDelivery>,
+    check_fatal: Arc<Notify>,
+    spool: Arc<Spool>,
+    /// How long a fatally failed producer may take to report on what it had in flight.
+    fatal_flush: Duration,
     dlq_topic: Arc<str>,
     max_retries: u32,
     retry_backoff: Duration,
@@ -181,11 +234,17 @@ impl Publisher {
         spool: Arc<Spool>,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<FailedDelivery>), KafkaError> {
         let (failures, rx) = mpsc::unbounded_channel();
-        let context = DeliveryContext { metrics: metrics.clone(), failures, spool, abandoning: AtomicBool::new(false) };
-        let producer: ThreadedProducer<DeliveryContext> =
-            client_config(settings, bootstrap, ClientRole::Producer, queue_size).create_with_context(context)?;
+        let check_fatal = Arc::new(Notify::new());
+        let client_config = client_config(settings, bootstrap, ClientRole::Producer, queue_size);
+        let context = DeliveryContext::new(metrics.clone(), failures.clone(), spool.clone(), check_fatal.clone());
+        let producer: ThreadedProducer<DeliveryContext> = client_config.create_with_context(context)?;
         let publisher = Publisher {
-            producer,
+            producer: RwLock::new(Arc::new(producer)),
+            client_config,
+            failures,
+            check_fatal,
+            spool,
+            fatal_flush: settings.write_timeout.min(Duration::from_secs(10)),
             dlq_topic: Arc::from(settings.dlq_topic.as_str()),
             max_retries: settings.max_retries,
             retry_backoff: settings.retry_backoff,
@@ -194,8 +253,9 @@ impl Publisher {
         Ok((Arc::new(publisher), rx))
     }
 
-    pub fn producer(&self) -> &ThreadedProducer<DeliveryContext> {
-        &self.producer
+    /// The live producer.
+    pub fn producer(&self) -> Arc<ThreadedProducer<DeliveryContext>> {
+        self.producer.read().expect("producer lock is never poisoned").clone()
     }
 
     /// Hands one record to librdkafka. Never sleeps a fixed 100 ms: when librdkafka's own buffer is full
@@ -223,29 +283,116 @@ impl Publisher {
         }
         let mut wait = Duration::from_millis(1);
         loop {
-            match self.producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    record = returned;
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_millis(50));
+            // The lock is held only for the non-blocking enqueue, never across the wait below.
+            let returned = {
+                let producer = self.producer.read().expect("producer lock is never poisoned");
+                match producer.send(record) {
+                    Ok(()) => return,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => returned,
+                    Err((error, returned)) => {
+                        // Refused before it was queued (too large, unknown partition, fatal producer
+                        // state): the same path as a failed delivery report.
+                        producer.context().fail(FailedDelivery {
+                            ticket: returned.delivery_opaque,
+                            error,
+                            topic: Arc::from(topic),
+                            key: key.map(<[u8]>::to_vec),
+                            value: value.to_vec(),
+                            headers: returned.headers,
+                            timestamp_ms,
+                        });
+                        return;
+                    }
                 }
-                Err((error, returned)) => {
-                    // Refused before it was queued (too large, unknown partition, fatal producer state):
-                    // the same path as a failed delivery report.
-                    self.producer.context().fail(FailedDelivery {
-                        ticket: returned.delivery_opaque,
-                        error,
-                        topic: Arc::from(topic),
-                        key: key.map(<[u8]>::to_vec),
-                        value: value.to_vec(),
-                        headers: returned.headers,
-                        timestamp_ms,
-                    });
-                    return;
+            };
+            record = returned;
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Replaces the producer each time librdkafka reports a fatal error, until `stop`. A producer that
+    /// fails again within a minute of the last replacement is replaced after a backoff (1 s doubling to
+    /// 60 s), so a persistent cause (e.g. a revoked ACL) does not spin; its events are spooled meanwhile.
+    pub async fn run_fatal_recovery(self: Arc<Self>, stop: CancellationToken) {
+        let mut last: Option<Instant> = None;
+        let mut backoff = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.check_fatal.notified() => {}
+            }
+            if self.producer().client().fatal_error().is_none() {
+                continue;
+            }
+            backoff = match last {
+                Some(at) if at.elapsed() < Duration::from_secs(60) => {
+                    (backoff * 2).clamp(Duration::from_secs(1), Duration::from_secs(60))
+                }
+                _ => Duration::ZERO,
+            };
+            if !backoff.is_zero() {
+                tracing::warn!(?backoff, "the kafka producer failed fatally again soon after its replacement");
+                self.producer().context().mark_fatal();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
                 }
             }
+            last = Some(Instant::now());
+            let publisher = self.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || publisher.replace_fatal_producer()).await {
+                tracing::error!(error = %e, "replacing the kafka producer failed");
+            }
         }
+    }
+
+    /// Spools what the fatally failed producer still holds, then puts a new producer in its place. Until
+    /// the swap, records handed to the old producer are refused with ERR__FATAL and spooled; the spool
+    /// replay sends everything spooled here once the new producer is in place. Blocking.
+    fn replace_fatal_producer(&self) {
+        let started = Instant::now();
+        let old = self.producer();
+        old.context().mark_fatal();
+        let (code, reason) = old.client().fatal_error().unwrap_or((RDKafkaErrorCode::Fatal, String::new()));
+        tracing::error!(
+            error_code = ?code,
+            reason,
+            in_flight = old.in_flight_count(),
+            "the kafka producer failed fatally; spooling what it holds and replacing it"
+        );
+        // librdkafka has already failed what was queued (those reports are spooled); records in flight
+        // still get their real outcome from the broker, so wait for those before giving up on them.
+        if old.flush(self.fatal_flush).is_err() {
+            tracing::warn!(in_flight = old.in_flight_count(), "records still in flight after the wait; spooling them");
+        }
+        old.context().abandoning.store(true, Ordering::Release);
+        old.purge(PurgeConfig::default().queue().inflight());
+        let _ = old.flush(Duration::from_millis(500));
+        let replacement = loop {
+            let context = DeliveryContext::new(
+                self.metrics.clone(),
+                self.failures.clone(),
+                self.spool.clone(),
+                self.check_fatal.clone(),
+            );
+            match self.client_config.create_with_context::<_, ThreadedProducer<DeliveryContext>>(context) {
+                Ok(producer) => break producer,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create a new kafka producer; trying again in 1 s");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        };
+        *self.producer.write().expect("producer lock is never poisoned") = Arc::new(replacement);
+        self.metrics.producer_recreated();
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            spool_bytes = self.spool.bytes(),
+            "kafka producer replaced; spooled events are replayed through the new one"
+        );
+        // Dropping the old producer joins its polling thread.
+        drop(old);
     }
 
     /// Retries (after a backoff) or dead-letters each failed delivery until `stop`; then spools the
@@ -270,7 +417,7 @@ impl Publisher {
             }
         }
         failures.close();
-        let spool = &self.producer.context().spool;
+        let spool = &self.spool;
         let mut left = 0;
         for failed in std::iter::from_fn(|| failures.try_recv().ok()).chain(parked.items.into_values()) {
             left += 1;
@@ -289,7 +436,7 @@ impl Publisher {
                     error = %failed.error,
                     "the dead-letter topic did not take the event either; spooling it"
                 );
-                spool_or_count_lost(&self.producer.context().spool, &self.metrics, failed);
+                spool_or_count_lost(&self.spool, &self.metrics, failed);
             }
             Destination::Primary if is_retriable(&failed.error) && failed.ticket.attempt <= self.max_retries => {
                 self.metrics.retried();
@@ -334,25 +481,26 @@ impl Publisher {
 
     /// Waits up to `timeout` for librdkafka to deliver everything it holds.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.flush(timeout)
+        self.producer().flush(timeout)
     }
 
     /// Gives up on what librdkafka still holds (end of the shutdown budget): purges it, and each purged
     /// event goes to the spool. Blocking; call from a blocking context.
     pub fn abandon(&self) {
-        self.producer.context().abandoning.store(true, Ordering::Release);
-        self.producer.purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        let producer = self.producer();
+        producer.context().abandoning.store(true, Ordering::Release);
+        producer.purge(PurgeConfig::default().queue().inflight());
         // Purged messages come back as delivery reports on the next poll.
-        let _ = self.producer.flush(Duration::from_millis(500));
+        let _ = producer.flush(Duration::from_millis(500));
     }
 
     pub fn spool(&self) -> &Arc<Spool> {
-        &self.producer.context().spool
+        &self.spool
     }
 
     /// Records librdkafka still holds (queued or in flight to the broker).
     pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.producer().in_flight_count()
     }
 }
 

@@ -146,6 +146,7 @@ struct Inner {
     events_spooled: Counter,
     events_replayed: Counter,
     spool_corrupt: Counter,
+    producer_recreated: Counter,
     spool_bytes: Gauge,
     unresolved_previous_run: Gauge,
     events_rejected: Family<ReasonLabel, Counter>,
@@ -210,6 +211,12 @@ impl Metrics {
             "spool_corrupt_segments",
             "Spool segments whose tail was torn or corrupt (skipped)",
             spool_corrupt.clone(),
+        );
+        let producer_recreated = Counter::default();
+        registry.register(
+            "kafka_producer_recreated",
+            "Kafka producers replaced after a fatal librdkafka error (what they held was spooled)",
+            producer_recreated.clone(),
         );
         let spool_bytes = Gauge::default();
         registry.register_with_unit("spool_size", "Bytes in the local spool", Unit::Bytes, spool_bytes.clone());
@@ -312,6 +319,7 @@ impl Metrics {
             events_spooled,
             events_replayed,
             spool_corrupt,
+            producer_recreated,
             spool_bytes,
             unresolved_previous_run,
             events_rejected,
@@ -363,6 +371,10 @@ impl Metrics {
     /// A spooled event acknowledged by Kafka on replay (it holds no queue slot).
     pub fn replayed(&self) {
         self.0.events_replayed.inc();
+    }
+
+    pub fn producer_recreated(&self) {
+        self.0.producer_recreated.inc();
     }
 
     pub fn spool_corrupt_segment(&self) {

@@ -117,3 +117,37 @@ async fn ack_kafka_never_answers_2xx_for_an_event_the_broker_refused() {
     cluster.set_round_trip_time(Duration::ZERO).unwrap();
     app.stop().await;
 }
+
+/// A producer that fails fatally on its own (the broker refuses its producer id: a fatal error for an
+/// idempotent producer) is replaced, and events flow through the new one, each delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_refused_its_producer_id_is_replaced_and_nothing_is_lost() {
+    let (topic, dlq) = ("fenced", "fenced-dlq");
+    let cluster = mock_cluster(topic, dlq);
+    cluster
+        .push_request_errors(
+            RDKafkaApiKey::InitProducerId,
+            &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED],
+        )
+        .unwrap();
+    let app = spawn_app(cluster.bootstrap_servers(), topic, dlq, &[]).await;
+    wait_ready(&app.client, &app.admin).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.metric("kafka_producer_recreated_total").await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the fatally failed producer was not replaced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let r = app.client.post(format!("{}/events", app.http)).json(&json!({"type": "t", "payload": i})).send();
+        let r = r.await.unwrap();
+        assert_eq!(r.status(), 202);
+        ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let found = ids_of(&consume(cluster.bootstrap_servers(), topic, ids.len(), Duration::from_secs(30)).await);
+    for id in &ids {
+        assert_eq!(found.get(id), Some(&1), "event {id} delivered once");
+    }
+    assert_eq!(app.metric("kafka_producer_recreated_total").await, 1.0);
+    app.stop().await;
+}

@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use event_ingestor::config::Settings;
-use event_ingestor::kafka::{client_config, ClientRole};
+use event_ingestor::kafka::{client_config, ClientRole, Publisher};
 use event_ingestor::lifecycle::Shutdown;
 use event_ingestor::{Application, ShutdownReport};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -107,6 +107,8 @@ pub struct TestApp {
     /// The app's own spool directory, removed when the app is dropped.
     _spool: tempfile::TempDir,
     pub shutdown: Shutdown,
+    /// The app's producer side, for fault injection.
+    pub publisher: Arc<Publisher>,
     pub handle: JoinHandle<std::io::Result<ShutdownReport>>,
     pub client: reqwest::Client,
 }
@@ -158,9 +160,10 @@ pub async fn spawn_app(bootstrap: &str, topic: &str, dlq_topic: &str, overrides:
     let app = Application::build(settings, shutdown.clone()).await.expect("app builds");
     let http = format!("http://{}", app.http_addr());
     let admin = format!("http://{}", app.admin_addr());
+    let publisher = app.publisher();
     let handle = tokio::spawn(app.run_until_stopped());
     let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
-    TestApp { http, admin, _spool: spool, shutdown, handle, client }
+    TestApp { http, admin, _spool: spool, shutdown, publisher, handle, client }
 }
 
 /// Logs of the app under test go to the test's captured output (shown when a test fails), at warn.

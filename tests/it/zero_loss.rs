@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use event_ingestor::kafka::{EmbeddedKafka, Spool, SpoolRecord};
 use event_ingestor::telemetry::{Metrics, QueueGauge};
+use rdkafka::producer::Producer;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::{json, Value};
 
@@ -229,45 +230,10 @@ async fn a_real_broker_killed_mid_load_loses_no_acknowledged_event() {
     let app = spawn_app(&bootstrap, &topic, &dlq, &overrides).await;
     wait_ready(&app.client, &app.admin).await;
 
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut senders = Vec::new();
-    for worker in 0..8 {
-        let (client, url, acked, stop) = (app.client.clone(), app.http.clone(), acked.clone(), stop.clone());
-        senders.push(tokio::spawn(async move {
-            let ack = if worker % 2 == 0 { "?ack=kafka" } else { "" };
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let batch: String = (0..10)
-                    .map(|j| {
-                        format!("{{\"type\":\"load\",\"key\":\"w{worker}\",\"payload\":{{\"i\":{i},\"j\":{j}}}}}\n")
-                    })
-                    .collect();
-                let r = client
-                    .post(format!("{url}/events{ack}"))
-                    .header("content-type", "application/x-ndjson")
-                    .body(batch)
-                    .send()
-                    .await;
-                match r {
-                    Ok(r) if r.status().is_success() => {
-                        let v: Value = r.json().await.unwrap();
-                        let mut a = acked.lock().unwrap();
-                        for item in v["results"].as_array().unwrap() {
-                            if matches!(item["status"].as_str(), Some("accepted" | "published")) {
-                                a.push(item["id"].as_str().unwrap().to_string());
-                            }
-                        }
-                    }
-                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-                i += 1;
-            }
-        }));
-    }
+    let load = Load::start(&app, 8);
     tokio::time::sleep(Duration::from_secs(3)).await;
     broker.kill();
-    let killed_at = acked.lock().unwrap().len();
+    let killed_at = load.acked();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let down = app.client.get(format!("{}/readyz", app.admin)).send().await.unwrap();
     assert_eq!(down.status(), 503, "readiness reports the unreachable broker");
@@ -275,18 +241,9 @@ async fn a_real_broker_killed_mid_load_loses_no_acknowledged_event() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     broker.restart();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    for s in senders {
-        s.await.unwrap();
-    }
+    let acked = load.stop().await;
     wait_ready(&app.client, &app.admin).await;
-    // Everything accepted resolves: published, dead-lettered, or spooled and then replayed.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while app.metric("ingest_queue_size").await > 0.0 || app.metric("spool_size_bytes").await > 0.0 {
-        assert!(Instant::now() < deadline, "the backlog never drained");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let acked = acked.lock().unwrap().clone();
+    wait_resolved(&app, Duration::from_secs(120)).await;
     println!("outage: {} events acknowledged ({} before the kill)", acked.len(), killed_at);
     let mut found: HashSet<String> =
         ids_of(&consume(&bootstrap, &topic, acked.len(), Duration::from_secs(60)).await).into_keys().collect();
@@ -333,5 +290,142 @@ impl SecondBroker {
 impl Drop for SecondBroker {
     fn drop(&mut self) {
         let _ = Command::new("scripts/kafka.sh").arg("stop").envs(self.env.iter().cloned()).status();
+    }
+}
+
+/// Steady load in both ack modes: `workers` connections each posting 10-event NDJSON batches (even workers
+/// with `?ack=kafka`), pausing 20 ms after a refusal. Collects the id of every acknowledged event.
+struct Load {
+    acked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(app: &TestApp, workers: usize) -> Self {
+        let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut senders = Vec::new();
+        for worker in 0..workers {
+            let (client, url, acked, stop) = (app.client.clone(), app.http.clone(), acked.clone(), stop.clone());
+            senders.push(tokio::spawn(async move {
+                let ack = if worker % 2 == 0 { "?ack=kafka" } else { "" };
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let batch: String = (0..10)
+                        .map(|j| {
+                            format!("{{\"type\":\"load\",\"key\":\"w{worker}\",\"payload\":{{\"i\":{i},\"j\":{j}}}}}\n")
+                        })
+                        .collect();
+                    let r = client
+                        .post(format!("{url}/events{ack}"))
+                        .header("content-type", "application/x-ndjson")
+                        .body(batch)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status().is_success() => {
+                            let v: Value = r.json().await.unwrap();
+                            let mut a = acked.lock().unwrap();
+                            for item in v["results"].as_array().unwrap() {
+                                if matches!(item["status"].as_str(), Some("accepted" | "published")) {
+                                    a.push(item["id"].as_str().unwrap().to_string());
+                                }
+                            }
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        Load { acked, stop, senders }
+    }
+
+    /// Events acknowledged so far.
+    fn acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Stops the senders and returns every acknowledged id.
+    async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        for s in self.senders {
+            s.await.unwrap();
+        }
+        self.acked.lock().unwrap().clone()
+    }
+}
+
+/// Waits until everything accepted is resolved (published, dead-lettered, or spooled and then replayed).
+async fn wait_resolved(app: &TestApp, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while app.metric("ingest_queue_size").await > 0.0 || app.metric("spool_size_bytes").await > 0.0 {
+        assert!(Instant::now() < deadline, "the backlog never drained");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A fatal producer error mid-load against the real broker, both ack modes (raised the way librdkafka
+/// raises one, through its `rd_kafka_test_fatal_error`): the producer is replaced, what it held is spooled
+/// and replayed through the new one, and every acknowledged event is in the topic exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_replaces_the_producer_and_loses_nothing() {
+    let Some(bootstrap) = real_kafka().await else { return };
+    let (topic, dlq) = (unique_topic("it-fatal"), unique_topic("it-fatal-dlq"));
+    create_topics(&bootstrap, &[&topic, &dlq]).await;
+    let app = spawn_app(&bootstrap, &topic, &dlq, &[("QUEUE_SIZE", "200000")]).await;
+    wait_ready(&app.client, &app.admin).await;
+
+    let load = Load::start(&app, 8);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    raise_fatal_error(&app.publisher);
+    let at_fatal = load.acked();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut acked = load.stop().await;
+    wait_resolved(&app, Duration::from_secs(60)).await;
+    assert_eq!(app.metric("kafka_producer_recreated_total").await, 1.0, "the producer was replaced once");
+
+    // Idle this time: the error callback alone must lead to the replacement.
+    raise_fatal_error(&app.publisher);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.metric("kafka_producer_recreated_total").await < 2.0 {
+        assert!(Instant::now() < deadline, "an idle producer's fatal error was not noticed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    acked.extend(post_n(&app.client, &app.http, 20, "?ack=kafka").await);
+    wait_resolved(&app, Duration::from_secs(30)).await;
+
+    let spooled = app.metric("events_spooled_total").await;
+    let replayed = app.metric("events_replayed_total").await;
+    assert_eq!(spooled, replayed, "everything spooled was replayed");
+    let messages = consume(&bootstrap, &topic, acked.len(), Duration::from_secs(60)).await;
+    let found = ids_of(&messages);
+    let dead = ids_of(&consume(&bootstrap, &dlq, 0, Duration::from_secs(3)).await);
+    println!(
+        "fatal: {} acknowledged ({at_fatal} before the error), {} in the topic, {} in the DLQ, {spooled} spooled and replayed",
+        acked.len(),
+        messages.len(),
+        dead.len()
+    );
+    assert!(acked.len() > at_fatal, "events were acknowledged after the producer was replaced");
+    let missing = acked.iter().filter(|id| !found.contains_key(*id)).count();
+    let duplicated = found.values().filter(|n| **n > 1).count();
+    assert_eq!((missing, duplicated), (0, 0), "acknowledged events missing / duplicated");
+    assert!(dead.is_empty(), "nothing was dead-lettered");
+    app.stop().await;
+}
+
+/// Raises a fatal error in the app's live producer the way librdkafka does (`rd_kafka_test_fatal_error`).
+fn raise_fatal_error(publisher: &event_ingestor::kafka::Publisher) {
+    let producer = publisher.producer();
+    let reason = std::ffi::CString::new("injected by the test").unwrap();
+    // SAFETY: the client pointer is valid while `producer` is alive; librdkafka copies `reason`.
+    unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            producer.client().native_ptr(),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_PRODUCER_FENCED,
+            reason.as_ptr(),
+        );
     }
 }
