@@ -74,6 +74,12 @@ async fn sigterm_with_the_broker_down_spools_and_the_next_start_replays() {
     let mut again = start_binary(&env);
     let messages = consume(cluster.bootstrap_servers(), "events", 40, Duration::from_secs(60)).await;
     let found = ids_of(&messages);
+    println!(
+        "broker down at SIGTERM: sent 40, acknowledged {}, spooled {}, in the topic after the restart {}",
+        acked.len(),
+        shown["records"],
+        messages.len()
+    );
     for id in &acked {
         assert_eq!(found.get(id), Some(&1), "{id} replayed exactly once");
     }
@@ -104,6 +110,7 @@ async fn sigkill_is_accounted_for_on_the_next_start() {
     cluster.set_round_trip_time(Duration::ZERO).unwrap();
     let mut again = start_binary(&env);
     let reported = metric_value(&client, &again.admin, "events_unresolved_previous_run").await;
+    println!("SIGKILL: sent 25, acknowledged {}, reported unresolved on restart {reported}", acked.len());
     assert_eq!(reported, 25.0, "every accepted, unresolved event is counted");
     signal(&again.child, "TERM");
     assert_eq!(
@@ -241,13 +248,22 @@ async fn a_real_broker_killed_mid_load_loses_no_acknowledged_event() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     broker.restart();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let acked = load.stop().await;
+    let (acked, sent) = load.stop().await;
     wait_ready(&app.client, &app.admin).await;
     wait_resolved(&app, Duration::from_secs(120)).await;
-    println!("outage: {} events acknowledged ({} before the kill)", acked.len(), killed_at);
-    let mut found: HashSet<String> =
-        ids_of(&consume(&bootstrap, &topic, acked.len(), Duration::from_secs(60)).await).into_keys().collect();
-    found.extend(ids_of(&consume(&bootstrap, &dlq, 0, Duration::from_secs(5)).await).into_keys());
+    let in_topic = ids_of(&consume(&bootstrap, &topic, acked.len(), Duration::from_secs(60)).await);
+    let in_dlq = ids_of(&consume(&bootstrap, &dlq, 0, Duration::from_secs(5)).await);
+    println!(
+        "outage: sent {sent}, acknowledged {} ({killed_at} before the kill), in the topic {}, in the DLQ {}, \
+         spooled {} and replayed {}",
+        acked.len(),
+        in_topic.len(),
+        in_dlq.len(),
+        app.metric("events_spooled_total").await,
+        app.metric("events_replayed_total").await
+    );
+    let mut found: HashSet<String> = in_topic.into_keys().collect();
+    found.extend(in_dlq.into_keys());
     let missing: Vec<_> = acked.iter().filter(|id| !found.contains(*id)).collect();
     assert!(missing.is_empty(), "{} of {} acknowledged events missing", missing.len(), acked.len());
     app.stop().await;
@@ -297,6 +313,7 @@ impl Drop for SecondBroker {
 /// with `?ack=kafka`), pausing 20 ms after a refusal. Collects the id of every acknowledged event.
 struct Load {
     acked: Arc<Mutex<Vec<String>>>,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
     senders: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -305,9 +322,11 @@ impl Load {
     fn start(app: &TestApp, workers: usize) -> Self {
         let acked: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
+        let sent: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let mut senders = Vec::new();
         for worker in 0..workers {
             let (client, url, acked, stop) = (app.client.clone(), app.http.clone(), acked.clone(), stop.clone());
+            let sent = sent.clone();
             senders.push(tokio::spawn(async move {
                 let ack = if worker % 2 == 0 { "?ack=kafka" } else { "" };
                 let mut i = 0;
@@ -317,6 +336,7 @@ impl Load {
                             format!("{{\"type\":\"load\",\"key\":\"w{worker}\",\"payload\":{{\"i\":{i},\"j\":{j}}}}}\n")
                         })
                         .collect();
+                    sent.fetch_add(10, Ordering::Relaxed);
                     let r = client
                         .post(format!("{url}/events{ack}"))
                         .header("content-type", "application/x-ndjson")
@@ -339,7 +359,7 @@ impl Load {
                 }
             }));
         }
-        Load { acked, stop, senders }
+        Load { acked, sent, stop, senders }
     }
 
     /// Events acknowledged so far.
@@ -347,13 +367,14 @@ impl Load {
         self.acked.lock().unwrap().len()
     }
 
-    /// Stops the senders and returns every acknowledged id.
-    async fn stop(self) -> Vec<String> {
+    /// Stops the senders and returns every acknowledged id, and the number of events sent.
+    async fn stop(self) -> (Vec<String>, usize) {
         self.stop.store(true, Ordering::Relaxed);
         for s in self.senders {
             s.await.unwrap();
         }
-        self.acked.lock().unwrap().clone()
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, self.sent.load(Ordering::Relaxed))
     }
 }
 
@@ -382,7 +403,7 @@ async fn a_fatal_producer_error_replaces_the_producer_and_loses_nothing() {
     raise_fatal_error(&app.publisher);
     let at_fatal = load.acked();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let mut acked = load.stop().await;
+    let (mut acked, sent) = load.stop().await;
     wait_resolved(&app, Duration::from_secs(60)).await;
     assert_eq!(app.metric("kafka_producer_recreated_total").await, 1.0, "the producer was replaced once");
 
@@ -403,7 +424,9 @@ async fn a_fatal_producer_error_replaces_the_producer_and_loses_nothing() {
     let found = ids_of(&messages);
     let dead = ids_of(&consume(&bootstrap, &dlq, 0, Duration::from_secs(3)).await);
     println!(
-        "fatal: {} acknowledged ({at_fatal} before the error), {} in the topic, {} in the DLQ, {spooled} spooled and replayed",
+        "fatal: sent {}, acknowledged {} ({at_fatal} before the error), in the topic {}, in the DLQ {}, spooled and \
+         replayed {spooled}",
+        sent + 20,
         acked.len(),
         messages.len(),
         dead.len()
