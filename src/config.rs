@@ -138,7 +138,12 @@ pub const KEYS: &[Key] = &[
     Key {
         env: "HEADER_READ_TIMEOUT",
         default: "10s",
-        accepts: "a duration with a unit, 100ms-10m: headers must arrive within it (also the keep-alive idle limit)",
+        accepts: "a duration with a unit, 100ms-10m: a request's headers must arrive within it of their first byte",
+    },
+    Key {
+        env: "KEEPALIVE_TIMEOUT",
+        default: "60s",
+        accepts: "a duration with a unit, 100ms-1h: an idle keep-alive connection is closed after it",
     },
     Key {
         env: "BODY_READ_TIMEOUT",
@@ -204,6 +209,7 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_connections: usize,
     pub max_concurrent_requests: usize,
@@ -601,6 +607,7 @@ impl Settings {
         });
         let header_read_timeout =
             r.duration("HEADER_READ_TIMEOUT", Duration::from_millis(100), Duration::from_secs(600));
+        let keepalive_timeout = r.duration("KEEPALIVE_TIMEOUT", Duration::from_millis(100), Duration::from_secs(3600));
         let body_read_timeout = r.duration("BODY_READ_TIMEOUT", Duration::from_millis(100), Duration::from_secs(600));
         let max_connections = r.int::<usize>("MAX_CONNECTIONS", 1, 1_000_000);
         let max_concurrent_requests = r.int::<usize>("MAX_CONCURRENT_REQUESTS", 1, 1_000_000);
@@ -629,6 +636,7 @@ impl Settings {
                     request_timeout: request_timeout?,
                     max_body_bytes: max_body_bytes?,
                     header_read_timeout: header_read_timeout?,
+                    keepalive_timeout: keepalive_timeout?,
                     body_read_timeout: body_read_timeout?,
                     max_connections: max_connections?,
                     max_concurrent_requests: max_concurrent_requests?,

@@ -245,6 +245,7 @@ impl Application {
         let main_app = http::ingest_router(state.clone(), &settings);
         let limits = http::server::ConnectionLimits {
             header_read_timeout: settings.http.header_read_timeout,
+            keepalive_timeout: settings.http.keepalive_timeout,
             max_connections: settings.http.max_connections,
         };
         let mut main_server = tokio::spawn(http::server::serve(

@@ -112,6 +112,38 @@ async fn saturation_answers_503_fast_with_a_retry_after_that_follows_depth_while
     app.stop().await;
 }
 
+/// The keep-alive idle limit is its own setting: an idle connection outlives the header timeout, and is
+/// closed once idle past KEEPALIVE_TIMEOUT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_close_at_the_keepalive_timeout_not_the_header_timeout() {
+    let (_c, app) = app_with(&[("HEADER_READ_TIMEOUT", "1s"), ("KEEPALIVE_TIMEOUT", "3s")]).await;
+    let addr = app.http.trim_start_matches("http://").to_string();
+    let body = r#"{"type":"t","payload":1}"#;
+    let request = format!(
+        "POST /events HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    for pause in [Duration::ZERO, Duration::from_secs(2)] {
+        tokio::time::sleep(pause).await;
+        s.write_all(request.as_bytes()).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 202"),
+            "answered after {pause:?} idle: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+    }
+    let idle = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+    assert_eq!(n, 0, "the server closed the idle connection");
+    let waited = idle.elapsed();
+    println!("idle keep-alive connection closed after {waited:?} (KEEPALIVE_TIMEOUT 3s, HEADER_READ_TIMEOUT 1s)");
+    assert!(waited >= Duration::from_millis(2900) && waited < Duration::from_secs(5), "closed after {waited:?}");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_while_normal_clients_keep_their_latency() {
     let (_c, app) = app_with(&[("HEADER_READ_TIMEOUT", "2s"), ("BODY_READ_TIMEOUT", "2s")]).await;
