@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Brokers, Settings};
 use crate::http::access::{Access, ApiKeys, RateLimits};
-use crate::http::{AppState, IngestLimits, Topics};
+use crate::http::{AppState, IngestLimits, SharedState, Topics};
 use crate::ingest::{IngestQueue, Sink};
 use crate::kafka::{EmbeddedKafka, Ledger, Publisher, Spool};
 use crate::lifecycle::{Readiness, Shutdown};
@@ -159,7 +159,7 @@ impl Application {
         tokio::spawn(write_ledger(ledger.clone(), queue_gauge.clone(), health_stop.clone()));
         tokio::spawn(publisher.clone().run_fatal_recovery(health_stop.clone()));
 
-        let state = AppState {
+        let state = AppState::new(SharedState {
             queue,
             metrics,
             readiness,
@@ -174,7 +174,7 @@ impl Application {
             sampler: telemetry::trace::HeadSampler::from_env(),
             beacon_path: Arc::from(settings.access.beacon_path.as_str()),
             body_read_timeout: settings.http.body_read_timeout,
-        };
+        });
         http::access::watch_keys(keys, health_stop.clone());
         Ok(Application {
             settings,

@@ -70,9 +70,27 @@ impl Topics {
     }
 }
 
-/// What every handler shares. Cheap to clone.
+/// What every handler shares: one allocation, so the clones axum makes per request and per layer are
+/// one reference count each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+impl AppState {
+    pub fn new(shared: SharedState) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
+/// The contents of [`AppState`].
+pub struct SharedState {
     pub queue: IngestQueue,
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
