@@ -44,13 +44,14 @@ fuzz_target!(|data: &[u8]| {
             Parsed::Batch(items) => items.into_iter().filter_map(|i| i.event.ok()).collect(),
         };
         for e in events {
-            let record = OutboundRecord::from_event(&e, &topic, &TraceHeaders::default());
+            let expected_id = e.id.clone();
+            let record = OutboundRecord::from_event(e, &topic, &TraceHeaders::default());
             // The record value is always valid JSON that names the event's id. (Read as raw members: JSON
             // allows numbers like 6e666601 that an f64 cannot hold, and the payload is passed through as is.)
             let members: std::collections::BTreeMap<String, Box<serde_json_check::value::RawValue>> =
                 serde_json_check::from_slice(&record.value).expect("record value is JSON");
             let id: String = serde_json_check::from_str(members["id"].get()).expect("id is a string");
-            assert_eq!(id, e.id);
+            assert_eq!(id, expected_id);
         }
     }
 });

@@ -246,7 +246,7 @@ async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Respon
 
     match parsed {
         Parsed::Single(event) => {
-            let record = OutboundRecord::from_event(&event, &topic, &trace);
+            let record = OutboundRecord::from_event(event, &topic, &trace);
             if record.value.len() > state.limits.max_event_bytes {
                 state.metrics.rejected("event_too_large", 1);
                 return Err(ApiError::from_event(&event_too_large(record.value.len(), state.limits.max_event_bytes)));
@@ -339,7 +339,7 @@ async fn ingest_batch(
     let mut slots = Vec::with_capacity(items.len());
     for Item { index, line, event } in items {
         let parsed = event.and_then(|event| {
-            let record = OutboundRecord::from_event(&event, topic, trace);
+            let record = OutboundRecord::from_event(event, topic, trace);
             if record.value.len() > state.limits.max_event_bytes {
                 return Err(event_too_large(record.value.len(), state.limits.max_event_bytes));
             }

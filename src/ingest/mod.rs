@@ -4,7 +4,9 @@
 pub mod envelope;
 pub mod queue;
 pub mod request;
+mod scan;
+pub mod timestamp;
 
-pub use envelope::{parse_event, Event, EventError, EventLimits};
+pub use envelope::{parse_event, Event, EventError, EventHeaders, EventLimits, RawJson};
 pub use queue::{IngestQueue, Job, QueueError, Sink};
 pub use request::{parse_request, BodyMeta, Item, Parsed, RequestError, RequestLimits};

@@ -20,11 +20,16 @@ pub struct OutboundRecord {
 impl OutboundRecord {
     /// Encodes `event` for `topic`: key = `key` or id; value = the normalized envelope as JSON; headers
     /// `traceparent`/`tracestate` (the producer span, or the caller's context when tracing is off),
-    /// `ce_id`, `ce_type`, `ce_time`, `ce_specversion`, `content-type` and the caller's own.
-    pub fn from_event(event: &Event, topic: &Arc<str>, trace: &TraceHeaders) -> Self {
+    /// `ce_id`, `ce_type`, `ce_time`, `ce_specversion`, `content-type` and the caller's own. The event is
+    /// consumed: its id and key move into the record rather than being copied.
+    pub fn from_event(event: Event, topic: &Arc<str>, trace: &TraceHeaders) -> Self {
         let time = event.timestamp_rfc3339();
-        let value = event.to_json(&time);
-        let mut headers = OwnedHeaders::new_with_capacity(5 + event.headers.len())
+        let time = time.as_str();
+        let value = event.to_json(time);
+        // Sized exactly: librdkafka grows a full header list by reallocating it.
+        let optional = [trace.traceparent.is_some(), trace.tracestate.is_some(), event.source.is_some()];
+        let count = 5 + optional.iter().filter(|&&present| present).count() + event.headers.len();
+        let mut headers = OwnedHeaders::new_with_capacity(count)
             .insert(Header { key: "ce_id", value: Some(event.id.as_bytes()) })
             .insert(Header { key: "ce_type", value: Some(event.event_type.as_bytes()) })
             .insert(Header { key: "ce_time", value: Some(time.as_bytes()) })
@@ -39,17 +44,13 @@ impl OutboundRecord {
         if let Some(source) = &event.source {
             headers = headers.insert(Header { key: "ce_source", value: Some(source.as_bytes()) });
         }
-        for (name, value) in &event.headers {
+        for (name, value) in event.headers.iter() {
             headers = headers.insert(Header { key: name, value: Some(value.as_bytes()) });
         }
-        OutboundRecord {
-            id: event.id.clone(),
-            topic: topic.clone(),
-            key: event.partition_key().as_bytes().to_vec(),
-            value,
-            headers,
-            timestamp_ms: event.timestamp_millis(),
-        }
+        let timestamp_ms = event.timestamp_millis();
+        // `Event::partition_key`, taken by value.
+        let key = event.key.map_or_else(|| event.id.clone().into_bytes(), String::into_bytes);
+        OutboundRecord { id: event.id, topic: topic.clone(), key, value, headers, timestamp_ms }
     }
 }
 
@@ -66,5 +67,152 @@ impl OutboundRecord {
             headers,
             timestamp_ms: Some(self.timestamp_ms),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Headers;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::ingest::{parse_request, BodyMeta, EventLimits, Parsed, RequestLimits};
+
+    /// The record's parts as text: key, value, headers in order, timestamp.
+    fn encoded(record: &OutboundRecord) -> (String, String, Vec<(String, String)>, i64) {
+        let headers = record
+            .headers
+            .iter()
+            .map(|h| (h.key.to_string(), String::from_utf8(h.value.unwrap().to_vec()).unwrap()))
+            .collect();
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        (text(&record.key), text(&record.value), headers, record.timestamp_ms)
+    }
+
+    fn records(content_type: &str, body: &str, now: OffsetDateTime, trace: &TraceHeaders) -> Vec<OutboundRecord> {
+        let limits = RequestLimits {
+            max_decoded_bytes: 1 << 20,
+            max_batch_events: 100,
+            max_depth: 32,
+            event: EventLimits::default(),
+        };
+        let meta = BodyMeta { content_type: Some(content_type), ..Default::default() };
+        let events = match parse_request(&meta, body.as_bytes(), now, &limits).unwrap() {
+            Parsed::Single(e) => vec![e],
+            Parsed::Batch(items) => items.into_iter().map(|i| i.event.unwrap()).collect(),
+        };
+        let topic: Arc<str> = Arc::from("t");
+        events.into_iter().map(|e| OutboundRecord::from_event(e, &topic, trace)).collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// Pins the exact bytes of the record: any change to parsing or encoding must keep them.
+    #[test]
+    fn encoding_is_pinned() {
+        let now = OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_400_000).unwrap();
+        let body = concat!(
+            r#"{"type":"page.view","key":"user-1234","headers":{"tenant":"acme"},"payload":{"url":"https://example.com/a/b","ms":1234,"tags":["x","y"]}}"#,
+            "\n",
+            r#"{ "id" : "e-\u00e9\"1" , "type":"a\"b\u00e9\n\t\u0001/", "timestamp":"2024-01-02T03:04:05.5+01:00", "key":"k\\", "#,
+            r#""headers":{"z":"1","a\u0007":"x\"y","m":"\ud83d\ude00"}, "payload" : { "a" : [1, 2.50, "\u00e9"] } }"#,
+            "\n",
+            r#"{"type":"t","timestamp":"2024-02-29T23:59:59.000000001Z","payload":null}"#,
+            "\n",
+            r#"{"type":"t","timestamp":"2024-02-29T12:00:00.100-00:30","payload":"s"}"#,
+            "\n",
+            r#"{"type":"t","timestamp":"0000-01-01T00:30:00+01:00","payload":0}"#,
+            "\n",
+        );
+        let trace = TraceHeaders::default();
+        let got: Vec<_> = records("application/x-ndjson", body, now, &trace).iter().map(encoded).collect();
+
+        let id = String::from_utf8(got[0].2[0].1.clone().into_bytes()).unwrap();
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+        assert_eq!(
+            got[0],
+            (
+                "user-1234".to_string(),
+                format!(
+                    r#"{{"id":"{id}","type":"page.view","timestamp":"2023-11-14T22:13:20.1234Z","key":"user-1234","headers":{{"tenant":"acme"}},"payload":{{"url":"https://example.com/a/b","ms":1234,"tags":["x","y"]}}}}"#
+                ),
+                pairs(&[
+                    ("ce_id", &id),
+                    ("ce_type", "page.view"),
+                    ("ce_time", "2023-11-14T22:13:20.1234Z"),
+                    ("ce_specversion", "1.0"),
+                    ("content-type", "application/json"),
+                    ("tenant", "acme"),
+                ]),
+                1_700_000_000_123,
+            )
+        );
+        assert_eq!(
+            got[1],
+            (
+                "k\\".to_string(),
+                concat!(
+                    r#"{"id":"e-é\"1","type":"a\"bé\n\t\u0001/","timestamp":"2024-01-02T02:04:05.5Z","key":"k\\","#,
+                    r#""headers":{"a\u0007":"x\"y","m":"😀","z":"1"},"payload":{ "a" : [1, 2.50, "\u00e9"] }}"#
+                )
+                .to_string(),
+                pairs(&[
+                    ("ce_id", "e-é\"1"),
+                    ("ce_type", "a\"bé\n\t\u{1}/"),
+                    ("ce_time", "2024-01-02T02:04:05.5Z"),
+                    ("ce_specversion", "1.0"),
+                    ("content-type", "application/json"),
+                    ("a\u{7}", "x\"y"),
+                    ("m", "😀"),
+                    ("z", "1"),
+                ]),
+                1_704_161_045_500,
+            )
+        );
+        let times: Vec<_> = got[2..].iter().map(|r| (r.2[2].1.as_str(), r.3)).collect();
+        assert_eq!(
+            times,
+            [
+                ("2024-02-29T23:59:59.000000001Z", 1_709_251_199_000),
+                ("2024-02-29T12:30:00.1Z", 1_709_209_800_100),
+                // Before year 0 in UTC: not representable in RFC 3339, so the Unix seconds are written.
+                ("-62167221000", -62_167_221_000_000),
+            ]
+        );
+        assert!(got[4].1.contains(r#""timestamp":"-62167221000""#), "{}", got[4].1);
+    }
+
+    /// CloudEvents: `ce_source`, extension headers and trace context, in the record's header order.
+    #[test]
+    fn cloud_event_encoding_is_pinned() {
+        let body = r#"{"specversion":"1.0","id":"c1","source":"/shop","type":"order","time":"2024-01-01T00:00:00Z",
+            "partitionkey":"cust-1","subject":"o-9","seq":7,"data":{"total":3}}"#;
+        let trace = TraceHeaders {
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: Some("k=v".into()),
+        };
+        let got = encoded(&records("application/cloudevents+json", body, OffsetDateTime::UNIX_EPOCH, &trace)[0]);
+        assert_eq!(
+            got,
+            (
+                "cust-1".to_string(),
+                r#"{"id":"c1","type":"order","source":"/shop","timestamp":"2024-01-01T00:00:00Z","key":"cust-1","headers":{"ce_seq":"7","ce_subject":"o-9"},"payload":{"total":3}}"#.to_string(),
+                pairs(&[
+                    ("ce_id", "c1"),
+                    ("ce_type", "order"),
+                    ("ce_time", "2024-01-01T00:00:00Z"),
+                    ("ce_specversion", "1.0"),
+                    ("content-type", "application/json"),
+                    ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                    ("tracestate", "k=v"),
+                    ("ce_source", "/shop"),
+                    ("ce_seq", "7"),
+                    ("ce_subject", "o-9"),
+                ]),
+                1_704_067_200_000,
+            )
+        );
     }
 }
