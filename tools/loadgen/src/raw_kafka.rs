@@ -31,6 +31,20 @@ struct Shared {
     last_done: Option<Instant>,
 }
 
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            latency: new_histogram(),
+            acked: Vec::new(),
+            errors: BTreeMap::new(),
+            error_samples: Vec::new(),
+            window_ok: 0,
+            last_window_done: None,
+            last_done: None,
+        }
+    }
+}
+
 struct RawContext {
     shared: Mutex<Shared>,
     ok: AtomicU64,
@@ -99,20 +113,8 @@ pub fn run_raw(brokers: &str, topic: &str, payloads: &Payloads, spec: &LoadSpec)
     let warmup = if spec.warmup >= spec.duration { Duration::ZERO } else { spec.warmup };
     let warmup_end = start + warmup;
     let end = start + spec.duration;
-    let ctx = RawContext {
-        shared: Mutex::new(Shared {
-            latency: new_histogram(),
-            acked: Vec::new(),
-            errors: BTreeMap::new(),
-            error_samples: Vec::new(),
-            window_ok: 0,
-            last_window_done: None,
-            last_done: None,
-        }),
-        ok: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        warmup_end,
-    };
+    let ctx =
+        RawContext { shared: Mutex::new(Shared::new()), ok: AtomicU64::new(0), failed: AtomicU64::new(0), warmup_end };
     let producer: ThreadedProducer<RawContext> =
         producer_config(brokers).create_with_context(ctx).context("raw-kafka producer")?;
     let total = spec.count.map(|c| c * batch);
@@ -196,18 +198,7 @@ pub fn run_raw(brokers: &str, topic: &str, payloads: &Payloads, spec: &LoadSpec)
     let client_cpu_s = crate::common::self_cpu_seconds() - cpu0;
     let ctx = producer.context();
     let ok = ctx.ok.load(Ordering::Relaxed);
-    let s = std::mem::replace(
-        &mut *ctx.shared.lock().unwrap(),
-        Shared {
-            latency: new_histogram(),
-            acked: Vec::new(),
-            errors: BTreeMap::new(),
-            error_samples: Vec::new(),
-            window_ok: 0,
-            last_window_done: None,
-            last_done: None,
-        },
-    );
+    let s = std::mem::replace(&mut *ctx.shared.lock().unwrap(), Shared::new());
     let mut acked = AckSet::new(seq);
     for a in &s.acked {
         acked.set(*a);
