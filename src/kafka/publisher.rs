@@ -207,6 +207,19 @@ impl Parked {
     }
 }
 
+/// A producer whose delivery reports go to `failures`, `spool` and `metrics`: the first one, and each
+/// replacement after a fatal error.
+fn create_producer(
+    config: &ClientConfig,
+    metrics: &Metrics,
+    failures: &mpsc::UnboundedSender<FailedDelivery>,
+    spool: &Arc<Spool>,
+    check_fatal: &Arc<Notify>,
+) -> Result<ThreadedProducer<DeliveryContext>, KafkaError> {
+    let context = DeliveryContext::new(metrics.clone(), failures.clone(), spool.clone(), check_fatal.clone());
+    config.create_with_context(context)
+}
+
 /// The producer and what it needs to retry, dead-letter, and replace itself after a fatal error.
 pub struct Publisher {
     /// The live producer; replaced (never while a send holds it) after a fatal error.
@@ -236,8 +249,7 @@ impl Publisher {
         let (failures, rx) = mpsc::unbounded_channel();
         let check_fatal = Arc::new(Notify::new());
         let client_config = client_config(settings, bootstrap, ClientRole::Producer, queue_size);
-        let context = DeliveryContext::new(metrics.clone(), failures.clone(), spool.clone(), check_fatal.clone());
-        let producer: ThreadedProducer<DeliveryContext> = client_config.create_with_context(context)?;
+        let producer = create_producer(&client_config, &metrics, &failures, &spool, &check_fatal)?;
         let publisher = Publisher {
             producer: RwLock::new(Arc::new(producer)),
             client_config,
@@ -370,13 +382,7 @@ impl Publisher {
         old.purge(PurgeConfig::default().queue().inflight());
         let _ = old.flush(Duration::from_millis(500));
         let replacement = loop {
-            let context = DeliveryContext::new(
-                self.metrics.clone(),
-                self.failures.clone(),
-                self.spool.clone(),
-                self.check_fatal.clone(),
-            );
-            match self.client_config.create_with_context::<_, ThreadedProducer<DeliveryContext>>(context) {
+            match create_producer(&self.client_config, &self.metrics, &self.failures, &self.spool, &self.check_fatal) {
                 Ok(producer) => break producer,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot create a new kafka producer; trying again in 1 s");
