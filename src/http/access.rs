@@ -9,10 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{header, HeaderMap, StatusCode};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 use serde::Deserialize;
@@ -200,34 +198,26 @@ fn presented_key(req: &Request) -> Option<String> {
     req.uri().query()?.split('&').find_map(|p| p.strip_prefix("api_key=").map(str::to_string))
 }
 
-/// Authenticates ingest requests when keys are configured: 401 without a valid key. Probes and the
-/// OpenAPI document stay open. Requests-mode tenant limits are applied here.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    if !state.access.keys.enabled()
-        || req.method() == axum::http::Method::GET
-        || req.method() == axum::http::Method::OPTIONS
-    {
-        return next.run(req).await;
+/// Authenticates an ingest request (keys are configured, or this is not called): a 401 answer without a
+/// valid key. Probes and the OpenAPI document stay open. Requests-mode tenant limits are applied here.
+pub fn authenticate(state: &AppState, req: &mut Request) -> Result<(), ApiError> {
+    if req.method() == axum::http::Method::GET || req.method() == axum::http::Method::OPTIONS {
+        return Ok(());
     }
-    let Some(tenant) = presented_key(&req).and_then(|k| state.access.keys.authenticate(&k)) else {
+    let Some(tenant) = presented_key(req).and_then(|k| state.access.keys.authenticate(&k)) else {
         state.metrics.rejected("unauthorized", 1);
-        let mut r = ApiError::new(
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a valid API key is required (Authorization: Bearer, X-API-Key)",
         )
-        .into_response();
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
+        .header("www-authenticate", "Bearer".to_string()));
     };
     if !state.access.limits.count_events {
-        if let Err(e) = state.access.limits.check_tenant(&tenant, 1) {
-            state.metrics.rate_limited("tenant");
-            return e.into_response();
-        }
+        state.access.limits.check_tenant(&tenant, 1).inspect_err(|_| state.metrics.rate_limited("tenant"))?;
     }
     req.extensions_mut().insert(tenant);
-    next.run(req).await
+    Ok(())
 }
 
 /// Rate limits: global and per client. In `requests` mode the global and per-client limits are tower

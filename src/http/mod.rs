@@ -4,25 +4,22 @@ pub mod access;
 pub mod admin;
 pub mod error;
 pub mod ingest;
+pub mod layers;
 pub mod server;
 
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{BoxError, Router};
+use axum::Router;
 use tower::ServiceBuilder;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::GlobalKeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use error::ApiError;
 
@@ -125,8 +122,24 @@ impl IngestLimits {
     }
 }
 
+/// The ingest API as one service: the routes inside the middleware stack. Cloned per request, which costs
+/// a few reference counts (the stack is outside the router, so it is neither boxed nor cloned per route).
+pub trait IngestService:
+    tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static> + Clone + Send + Sync + 'static
+{
+}
+
+impl<T> IngestService for T where
+    T: tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// The ingest router wrapped in its middleware stack.
-pub fn ingest_router(state: AppState, settings: &Settings) -> Router {
+pub fn ingest_router(state: AppState, settings: &Settings) -> impl IngestService {
     let routes = Router::new()
         .route(EVENTS_PATH, post(ingest::post_events))
         .route(TOPIC_EVENTS_PATH, post(ingest::post_topic_events))
@@ -139,7 +152,7 @@ pub fn ingest_router(state: AppState, settings: &Settings) -> Router {
 }
 
 /// Wraps `routes` in the ingest middleware stack (public so tests can put a misbehaving route inside it).
-pub fn with_middleware(routes: Router<AppState>, state: AppState, settings: &Settings) -> Router {
+pub fn with_middleware(routes: Router<AppState>, state: AppState, settings: &Settings) -> impl IngestService {
     let rl = &settings.rate_limit;
     let by_requests = !rl.count_events;
     let global = (by_requests && rl.rps > 0).then(|| {
@@ -163,60 +176,30 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState, settings: &Set
         GovernorLayer::new(config).error_handler(move |e| governor_refusal(&metrics, "client", &quota, e))
     });
     let cors = (!settings.access.cors_origins.is_empty()).then(|| cors_layer(&settings.access.cors_origins));
-    let panic_metrics = state.metrics.clone();
+    let auth = state.access.keys.enabled().then(|| layers::AuthLayer::new(state.clone()));
     let sampler = state.sampler;
-    let shed_metrics = state.metrics.clone();
+    let beacon_path = state.beacon_path.clone();
 
     let stack = ServiceBuilder::new()
         // Request id first, so every later layer and log line can carry it; echoed to the client.
-        .layer(SetRequestIdLayer::x_request_id(RequestIds::default()))
+        .layer(layers::RequestIdLayer::new())
         // The server span (HTTP semantic conventions), child of the caller's `traceparent`; its trace id
         // is on every log line of the request. Rejections are routine (a full queue, a bad event):
         // logged at debug, never at error.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(move |req: &Request| server_span(req, &sampler))
-                .on_response(|res: &Response, latency: Duration, span: &tracing::Span| {
-                    span.record("http.response.status_code", res.status().as_u16());
-                    tracing::debug!(
-                        status = res.status().as_u16(),
-                        latency_us = latency.as_micros() as u64,
-                        "request finished"
-                    );
-                })
-                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
-        )
-        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(layers::TraceLayer::new(move |req: &Request| server_span(req, &sampler, &beacon_path)))
         // Count and time every answer, including the ones produced by the layers below.
-        .layer(middleware::from_fn_with_state(state.clone(), record_http))
+        .layer(layers::HttpMetricsLayer::new(state.metrics.clone(), state.beacon_path.clone()))
         // A panicking handler answers 500 problem+json, is counted, and the process keeps serving.
-        .layer(CatchPanicLayer::custom(move |_| {
-            panic_metrics.panicked();
-            ApiError::internal().into_response()
-        }))
+        .layer(layers::CatchPanicLayer::new(state.metrics.clone()))
         // Browsers: preflights answered here, before authentication, for the configured origins only.
         .option_layer(cors)
-        // Turns the errors of the three layers below into answers: 408 and 503 problem+json.
-        .layer(HandleErrorLayer::new(move |err: BoxError| {
-            let metrics = shed_metrics.clone();
-            async move {
-                if err.is::<tower::timeout::error::Elapsed>() {
-                    ApiError::request_timeout()
-                } else if err.is::<tower::load_shed::error::Overloaded>() {
-                    metrics.load_shed();
-                    ApiError::overloaded()
-                } else {
-                    ApiError::internal()
-                }
-            }
-        }))
-        // Requests (including slow bodies) end at REQUEST_TIMEOUT.
-        .timeout(settings.http.request_timeout)
-        // Beyond MAX_CONCURRENT_REQUESTS, refuse at once (503) rather than queue behind a full limit.
-        .load_shed()
-        .concurrency_limit(settings.http.max_concurrent_requests)
+        // Requests (including slow bodies) end at REQUEST_TIMEOUT: 408 problem+json.
+        .layer(layers::RequestTimeoutLayer::new(settings.http.request_timeout))
+        // Beyond MAX_CONCURRENT_REQUESTS, refuse at once (503 + Retry-After) rather than queue behind a
+        // full limit.
+        .layer(layers::LoadShedLayer::new(settings.http.max_concurrent_requests, state.metrics.clone()))
         // API keys (when configured): 401 without one; the tenant is known to the limits below.
-        .layer(middleware::from_fn_with_state(state.clone(), access::authenticate))
+        .option_layer(auth)
         // Global rate limit (RATE_LIMIT_RPS / RATE_LIMIT_BURST, as in the Go service): 429 beyond it.
         .option_layer(global)
         // Per-client rate limit (CLIENT_RATE_LIMIT_*), by tenant or client IP.
@@ -224,38 +207,16 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState, settings: &Set
     // The body limit is the last step, in the handler: it reads the body against MAX_BODY_BYTES (early
     // on Content-Length) within BODY_READ_TIMEOUT, so its refusals are problem+json like the rest.
 
-    routes.with_state(state).layer(stack)
+    stack.service(routes.with_state(state))
 }
 
-/// Request ids: a random per-process prefix and a counter — unique, and no syscall per request (a UUID
-/// per request cost a `getrandom` call each).
-#[derive(Clone)]
-struct RequestIds {
-    prefix: Arc<str>,
-    next: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        let prefix = uuid::Uuid::new_v4().simple().to_string();
-        RequestIds { prefix: Arc::from(&prefix[..12]), next: Arc::default() }
-    }
-}
-
-impl MakeRequestId for RequestIds {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        axum::http::HeaderValue::from_str(&format!("{}-{n:x}", self.prefix)).ok().map(RequestId::new)
-    }
-}
-
-fn server_span(req: &Request, sampler: &crate::telemetry::trace::HeadSampler) -> tracing::Span {
+fn server_span(req: &Request, sampler: &crate::telemetry::trace::HeadSampler, beacon_path: &str) -> tracing::Span {
     let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
     if !sampler.sample(req.headers()) {
         // Not traced: only a DEBUG span carrying the request id for debug logs (free at INFO).
         return tracing::debug_span!("request", method = %req.method(), request_id = %id);
     }
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+    let route = layers::route_label(req.uri().path(), beacon_path);
     let span = tracing::info_span!(
         "request",
         otel.name = %format_args!("{} {}", req.method(), route),
@@ -316,21 +277,6 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
 
 async fn openapi() -> Response {
     ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
-}
-
-async fn record_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = match req.extensions().get::<MatchedPath>().map(MatchedPath::as_str) {
-        Some(EVENTS_PATH) => EVENTS_PATH,
-        Some(TOPIC_EVENTS_PATH) => TOPIC_EVENTS_PATH,
-        Some(HEALTH_PATH) => HEALTH_PATH,
-        Some(OPENAPI_PATH) => OPENAPI_PATH,
-        Some(p) if p == &*state.beacon_path => BEACON_PATH_LABEL,
-        _ => "unmatched",
-    };
-    let response = next.run(req).await;
-    state.metrics.http_request(route, response.status().as_u16(), start.elapsed());
-    response
 }
 
 /// What the binary serves and accepts, for the chart checks and operators (`event-ingestor describe`).

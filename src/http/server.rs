@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
-use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -44,7 +43,7 @@ pub struct ConnectionLimits {
 /// Serves `app` on `listener` until `stop`, then waits for open connections to finish their requests.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: impl super::IngestService,
     limits: ConnectionLimits,
     metrics: Metrics,
     stop: CancellationToken,
@@ -83,7 +82,7 @@ pub async fn serve(
             .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 on_request.request_started();
                 req.extensions_mut().insert(ConnectInfo(peer));
-                req
+                req.map(axum::body::Body::new)
             })
             .map_response(move |res| {
                 on_response.request_finished();

@@ -244,6 +244,7 @@ async fn a_handler_panic_answers_500_and_the_service_keeps_serving() {
     let app = event_ingestor::http::with_middleware(routes, state.clone(), &settings);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
     tokio::spawn(async move { axum::serve(listener, app).await });
     let client = reqwest::Client::new();
     let r = client.get(format!("http://{addr}/panic")).send().await.unwrap();
