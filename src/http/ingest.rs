@@ -1,14 +1,16 @@
 //! The ingest routes: `POST /events` and `POST /topics/{topic}/events` (one event, a JSON array, NDJSON,
 //! CloudEvents), `GET /health`.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use axum::body::Body;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -171,15 +173,16 @@ pub async fn post_topic_events(
     ingest(state, topic, req).await
 }
 
+/// The handler's steps. Only the body read and the wait for broker acknowledgements are `await`s; the
+/// rest is synchronous, so the future axum boxes per request stays small.
 async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let (uri, headers) = (&parts.uri, &parts.headers);
     let tenant = parts.extensions.get::<Arc<Tenant>>();
     check_topic(tenant, &topic)?;
     let received_at = Instant::now();
     let now = OffsetDateTime::now_utc();
-    let mode = ack_mode(uri, state.ack_mode)?;
-    let meta = body_meta(headers);
+    let mode = ack_mode(&parts.uri, state.ack_mode)?;
+    let meta = body_meta(&parts.headers);
     // Refuse an unsupported type or encoding, or a request a full queue cannot take, before reading
     // the body.
     framing(&meta)?;
@@ -191,19 +194,74 @@ async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Respon
             state.queue.retry_after_secs(1),
         ));
     }
-    let bytes = tokio::time::timeout(state.body_read_timeout, read_body(headers, body, state.limits.max_body_bytes))
-        .await
-        .map_err(|_| {
-            state.metrics.rejected("body_read_timeout", 1);
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_read_timeout",
-                "the body did not arrive within BODY_READ_TIMEOUT",
-            )
-        })??;
+    let bytes = read_body_within(&state, &parts.headers, body).await?;
+    let taken = accept(&state, &topic, &parts, &meta, &bytes, Received { at: received_at, now, mode })?;
+    match taken {
+        Taken::Answered(response) => Ok(response),
+        // Boxed: only `ack=kafka` requests carry this part of the handler.
+        Taken::Publishing(publishing) => Box::pin(publishing.answer(&state)).await,
+    }
+}
+
+/// When and how a request was received.
+struct Received {
+    at: Instant,
+    now: OffsetDateTime,
+    mode: AckMode,
+}
+
+/// The body within `BODY_READ_TIMEOUT`. A body already buffered (most small requests) is taken without
+/// arming a timer.
+async fn read_body_within(state: &AppState, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let mut read = std::pin::pin!(read_body(headers, body, state.limits.max_body_bytes));
+    let first = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+        Poll::Ready(done) => Poll::Ready(Some(done)),
+        Poll::Pending => Poll::Ready(None),
+    });
+    if let Some(done) = first.await {
+        return done;
+    }
+    tokio::time::timeout(state.body_read_timeout, read).await.map_err(|_| {
+        state.metrics.rejected("body_read_timeout", 1);
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_read_timeout", "the body did not arrive within BODY_READ_TIMEOUT")
+    })?
+}
+
+/// What became of a request once its events were queued.
+enum Taken {
+    /// `queued` mode (or nothing to wait for): the answer.
+    Answered(Response),
+    /// `ack=kafka`: the answer comes with the broker's acknowledgements.
+    Publishing(Publishing),
+}
+
+/// An `ack=kafka` request waiting for the broker.
+struct Publishing {
+    batch: Arc<AckBatch>,
+    span: tracing::Span,
+    topic: Arc<str>,
+    kind: PublishingKind,
+}
+
+enum PublishingKind {
+    Single { id: String },
+    Batch { results: Vec<ItemResult>, slots: Vec<usize>, rejected: usize },
+}
+
+/// Parses, validates and encodes the body's events and queues them (synchronous: no `await`).
+fn accept(
+    state: &AppState,
+    topic: &Arc<str>,
+    parts: &axum::http::request::Parts,
+    meta: &BodyMeta<'_>,
+    bytes: &[u8],
+    received: Received,
+) -> Result<Taken, ApiError> {
+    let headers = &parts.headers;
+    let tenant = parts.extensions.get::<Arc<Tenant>>();
     // Decoding a large or compressed body is CPU work: keep it off the other requests' way.
     let heavy = meta.content_encoding.is_some() || bytes.len() > 256 * 1024;
-    let parse = || parse_request(&meta, &bytes, now, &state.limits.request);
+    let parse = || parse_request(meta, bytes, received.now, &state.limits.request);
     let parsed = if heavy { tokio::task::block_in_place(parse) } else { parse() };
     let parsed = parsed.map_err(|e| {
         state.metrics.rejected(rejection_reason(&e), 1);
@@ -246,43 +304,94 @@ async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Respon
 
     match parsed {
         Parsed::Single(event) => {
-            let record = OutboundRecord::from_event(event, &topic, &trace);
+            let record = OutboundRecord::from_event(event, topic, &trace);
             if record.value.len() > state.limits.max_event_bytes {
                 state.metrics.rejected("event_too_large", 1);
                 return Err(ApiError::from_event(&event_too_large(record.value.len(), state.limits.max_event_bytes)));
             }
             let id = record.id.clone();
-            let acks = enqueue(&state, vec![record], mode, received_at, span.clone())?;
-            match acks {
-                None => Ok((StatusCode::ACCEPTED, Json(Accepted { status: "accepted", id: &id })).into_response()),
-                Some(batch) => {
-                    let outcomes = wait_for_acks(&state, &batch).await;
-                    match outcomes.into_iter().next().flatten() {
-                        Some(DeliveryOutcome::Delivered { partition, offset }) => {
-                            record_delivery(&span, partition, offset);
-                            Ok((
-                                StatusCode::OK,
-                                Json(json!({"status": "published", "id": id, "topic": &*topic, "partition": partition, "offset": offset})),
-                            )
-                                .into_response())
-                        }
-                        Some(DeliveryOutcome::Failed { code, message }) => {
-                            Err(delivery_failed(&code, &message).with("id", id))
-                        }
-                        None => Err(ack_timeout().with("id", id)),
-                    }
-                }
+            match enqueue(state, vec![record], received, span.clone())? {
+                None => Ok(Taken::Answered(accepted_answer(&id))),
+                Some(batch) => Ok(Taken::Publishing(Publishing {
+                    batch,
+                    span,
+                    topic: topic.clone(),
+                    kind: PublishingKind::Single { id },
+                })),
             }
         }
-        Parsed::Batch(items) => ingest_batch(&state, &topic, items, mode, received_at, &trace, span).await,
+        Parsed::Batch(items) => accept_batch(state, topic, items, received, &trace, span),
     }
 }
 
-/// The answer to a single event taken in `queued` mode (the most frequent answer: no `Value` tree).
-#[derive(serde::Serialize)]
-struct Accepted<'a> {
-    status: &'static str,
-    id: &'a str,
+/// `202 {"status":"accepted","id":…}`: the most frequent answer, written without a serializer.
+fn accepted_answer(id: &str) -> Response {
+    let mut body = Vec::with_capacity(32 + id.len());
+    body.extend_from_slice(br#"{"status":"accepted","id":"#);
+    crate::ingest::envelope::write_json_str(&mut body, id);
+    body.push(b'}');
+    (StatusCode::ACCEPTED, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+}
+
+impl Publishing {
+    /// Waits for the broker's acknowledgements and answers.
+    async fn answer(self, state: &AppState) -> Result<Response, ApiError> {
+        let outcomes = wait_for_acks(state, &self.batch).await;
+        let Publishing { span, topic, kind, .. } = self;
+        match kind {
+            PublishingKind::Single { id } => match outcomes.into_iter().next().flatten() {
+                Some(DeliveryOutcome::Delivered { partition, offset }) => {
+                    record_delivery(&span, partition, offset);
+                    Ok((
+                        StatusCode::OK,
+                        Json(json!({"status": "published", "id": id, "topic": &*topic, "partition": partition, "offset": offset})),
+                    )
+                        .into_response())
+                }
+                Some(DeliveryOutcome::Failed { code, message }) => Err(delivery_failed(&code, &message).with("id", id)),
+                None => Err(ack_timeout().with("id", id)),
+            },
+            PublishingKind::Batch { mut results, slots, rejected } => {
+                let accepted_count = slots.len();
+                let mut delivered = 0;
+                let mut first_failure: Option<ApiError> = None;
+                for (slot, outcome) in slots.iter().zip(outcomes) {
+                    let item = &mut results[*slot];
+                    match outcome {
+                        Some(DeliveryOutcome::Delivered { partition, offset }) => {
+                            delivered += 1;
+                            item.status = "published";
+                            item.partition = Some(partition);
+                            item.offset = Some(offset);
+                        }
+                        Some(DeliveryOutcome::Failed { code, message }) => {
+                            item.status = "failed";
+                            item.error = Some(
+                                json!({"code": "kafka_delivery_failed", "message": format!("{code}: {message}")}),
+                            );
+                            first_failure.get_or_insert_with(|| delivery_failed(&code, &message));
+                        }
+                        None => {
+                            item.status = "failed";
+                            item.error = Some(
+                                json!({"code": "kafka_ack_timeout", "message": "no broker acknowledgement within KAFKA_WRITE_TIMEOUT"}),
+                            );
+                            first_failure.get_or_insert_with(ack_timeout);
+                        }
+                    }
+                }
+                let failed = accepted_count - delivered;
+                if delivered == 0 {
+                    let err = first_failure.unwrap_or_else(ack_timeout);
+                    return Err(err.with("results", serde_json::to_value(&results).unwrap_or_default()));
+                }
+                let status = if failed + rejected == 0 { StatusCode::OK } else { StatusCode::MULTI_STATUS };
+                let body = json!({"status": if status == StatusCode::OK { "published" } else { "partial" },
+                    "published": delivered, "failed": failed, "rejected": rejected, "results": results});
+                Ok((status, Json(body)).into_response())
+            }
+        }
+    }
 }
 
 fn scope_label(s: &str) -> &'static str {
@@ -324,15 +433,14 @@ fn event_too_large(size: usize, limit: usize) -> EventError {
     }
 }
 
-async fn ingest_batch(
+fn accept_batch(
     state: &AppState,
     topic: &Arc<str>,
     items: Vec<Item>,
-    mode: AckMode,
-    received_at: Instant,
+    received: Received,
     trace: &TraceHeaders,
     span: tracing::Span,
-) -> Result<Response, ApiError> {
+) -> Result<Taken, ApiError> {
     let mut results = Vec::with_capacity(items.len());
     let mut records = Vec::with_capacity(items.len());
     // Position of each accepted record in `results`.
@@ -371,56 +479,21 @@ async fn ingest_batch(
             .with("results", serde_json::to_value(&results).unwrap_or_default()));
     }
     let accepted_count = records.len();
-    if let Some(batch) = enqueue(state, records, mode, received_at, span)? {
-        let outcomes = wait_for_acks(state, &batch).await;
-        let mut delivered = 0;
-        let mut first_failure: Option<ApiError> = None;
-        for (slot, outcome) in slots.iter().zip(outcomes) {
-            let item = &mut results[*slot];
-            match outcome {
-                Some(DeliveryOutcome::Delivered { partition, offset }) => {
-                    delivered += 1;
-                    item.status = "published";
-                    item.partition = Some(partition);
-                    item.offset = Some(offset);
-                }
-                Some(DeliveryOutcome::Failed { code, message }) => {
-                    item.status = "failed";
-                    item.error =
-                        Some(json!({"code": "kafka_delivery_failed", "message": format!("{code}: {message}")}));
-                    first_failure.get_or_insert_with(|| delivery_failed(&code, &message));
-                }
-                None => {
-                    item.status = "failed";
-                    item.error = Some(
-                        json!({"code": "kafka_ack_timeout", "message": "no broker acknowledgement within KAFKA_WRITE_TIMEOUT"}),
-                    );
-                    first_failure.get_or_insert_with(ack_timeout);
-                }
-            }
-        }
-        let failed = accepted_count - delivered;
-        if delivered == 0 {
-            let err = first_failure.unwrap_or_else(ack_timeout);
-            return Err(err.with("results", serde_json::to_value(&results).unwrap_or_default()));
-        }
-        let status = if failed + rejected == 0 { StatusCode::OK } else { StatusCode::MULTI_STATUS };
-        let body = json!({"status": if status == StatusCode::OK { "published" } else { "partial" },
-            "published": delivered, "failed": failed, "rejected": rejected, "results": results});
-        return Ok((status, Json(body)).into_response());
+    if let Some(batch) = enqueue(state, records, received, span.clone())? {
+        let kind = PublishingKind::Batch { results, slots, rejected };
+        return Ok(Taken::Publishing(Publishing { batch, span, topic: topic.clone(), kind }));
     }
     let status = if rejected == 0 { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
     let body = json!({"status": if rejected == 0 { "accepted" } else { "partial" },
         "accepted": accepted_count, "rejected": rejected, "results": results});
-    Ok((status, Json(body)).into_response())
+    Ok(Taken::Answered((status, Json(body)).into_response()))
 }
 
 /// Puts the records on the queue; under `ack=kafka` returns the batch to wait on.
 fn enqueue(
     state: &AppState,
     records: Vec<OutboundRecord>,
-    mode: AckMode,
-    received_at: Instant,
+    received: Received,
     span: tracing::Span,
 ) -> Result<Option<Arc<AckBatch>>, ApiError> {
     let n = records.len();
@@ -432,8 +505,8 @@ fn enqueue(
             30,
         ));
     }
-    let acks = (mode == AckMode::Kafka).then(|| AckBatch::new(n));
-    match state.queue.try_push(records, acks.clone(), received_at, span) {
+    let acks = (received.mode == AckMode::Kafka).then(|| AckBatch::new(n));
+    match state.queue.try_push(records, acks.clone(), received.at, span) {
         Ok(()) => Ok(acks),
         Err(QueueError::Full { retry_after_secs }) => {
             state.metrics.rejected("queue_full", n);

@@ -412,7 +412,7 @@ impl Event {
 /// Writes `s` as a JSON string, exactly as serde_json does. Most strings need no escape: those are
 /// copied between quotes after a check eight bytes at a time, where serde_json looks each byte up in a
 /// table and branches on it.
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
     if scan::is_plain(s) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
