@@ -517,7 +517,7 @@ impl Publisher {
             &record.topic,
             Some(&record.key),
             &record.value,
-            Some(record.headers),
+            Some(record.headers.to_kafka()),
             Some(record.timestamp_ms),
             ticket,
         )

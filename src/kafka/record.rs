@@ -13,8 +13,63 @@ pub struct OutboundRecord {
     pub topic: Arc<str>,
     pub key: Vec<u8>,
     pub value: Vec<u8>,
-    pub headers: OwnedHeaders,
+    pub headers: RecordHeaders,
     pub timestamp_ms: i64,
+}
+
+/// A record's headers in one buffer (name and value, each after its length), turned into librdkafka's
+/// header list only when the record is handed to the producer: building that list costs an allocation
+/// per header inside librdkafka, which is the Kafka step's work, not the request's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordHeaders {
+    buf: Vec<u8>,
+    count: usize,
+}
+
+impl RecordHeaders {
+    /// Room for `count` headers whose names and values add up to `bytes`.
+    pub fn with_capacity(count: usize, bytes: usize) -> Self {
+        RecordHeaders { buf: Vec::with_capacity(bytes + 8 * count), count: 0 }
+    }
+
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        for part in [name.as_bytes(), value] {
+            self.buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            self.buf.extend_from_slice(part);
+        }
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The headers in the order they were pushed.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        let mut rest = &self.buf[..];
+        let mut take = move || {
+            let (len, tail) = rest.split_at(4);
+            let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
+            let (part, tail) = tail.split_at(len);
+            rest = tail;
+            part
+        };
+        (0..self.count).map(move |_| {
+            let name = std::str::from_utf8(take()).expect("names are pushed as str");
+            (name, take())
+        })
+    }
+
+    /// librdkafka's form, sized exactly (it grows a full list by reallocating it).
+    pub fn to_kafka(&self) -> OwnedHeaders {
+        self.iter().fold(OwnedHeaders::new_with_capacity(self.count), |h, (key, value)| {
+            h.insert(Header { key, value: Some(value) })
+        })
+    }
 }
 
 impl OutboundRecord {
@@ -26,26 +81,30 @@ impl OutboundRecord {
         let time = event.timestamp_rfc3339();
         let time = time.as_str();
         let value = event.to_json(time);
-        // Sized exactly: librdkafka grows a full header list by reallocating it.
-        let optional = [trace.traceparent.is_some(), trace.tracestate.is_some(), event.source.is_some()];
-        let count = 5 + optional.iter().filter(|&&present| present).count() + event.headers.len();
-        let mut headers = OwnedHeaders::new_with_capacity(count)
-            .insert(Header { key: "ce_id", value: Some(event.id.as_bytes()) })
-            .insert(Header { key: "ce_type", value: Some(event.event_type.as_bytes()) })
-            .insert(Header { key: "ce_time", value: Some(time.as_bytes()) })
-            .insert(Header { key: "ce_specversion", value: Some("1.0") })
-            .insert(Header { key: "content-type", value: Some("application/json") });
-        if let Some(tp) = &trace.traceparent {
-            headers = headers.insert(Header { key: "traceparent", value: Some(tp.as_bytes()) });
+        let id = event.id.as_bytes();
+        let (ty, source) = (event.event_type.as_bytes(), event.source.as_deref().map(str::as_bytes));
+        let (traceparent, tracestate) = (trace.traceparent.as_deref(), trace.tracestate.as_deref());
+        let optional = [traceparent.map(str::len), tracestate.map(str::len), source.map(|s| s.len())];
+        let count = 5 + optional.iter().flatten().count() + event.headers.len();
+        let bytes = 64 + id.len() + ty.len() + time.len() + optional.iter().flatten().sum::<usize>()
+            + event.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        let mut headers = RecordHeaders::with_capacity(count, bytes);
+        headers.push("ce_id", id);
+        headers.push("ce_type", ty);
+        headers.push("ce_time", time.as_bytes());
+        headers.push("ce_specversion", b"1.0");
+        headers.push("content-type", b"application/json");
+        if let Some(tp) = traceparent {
+            headers.push("traceparent", tp.as_bytes());
         }
-        if let Some(ts) = &trace.tracestate {
-            headers = headers.insert(Header { key: "tracestate", value: Some(ts.as_bytes()) });
+        if let Some(ts) = tracestate {
+            headers.push("tracestate", ts.as_bytes());
         }
-        if let Some(source) = &event.source {
-            headers = headers.insert(Header { key: "ce_source", value: Some(source.as_bytes()) });
+        if let Some(source) = source {
+            headers.push("ce_source", source);
         }
         for (name, value) in event.headers.iter() {
-            headers = headers.insert(Header { key: name, value: Some(value.as_bytes()) });
+            headers.push(name, value.as_bytes());
         }
         let timestamp_ms = event.timestamp_millis();
         // `Event::partition_key`, taken by value.
@@ -57,8 +116,7 @@ impl OutboundRecord {
 impl OutboundRecord {
     /// The spool form of a record that never reached librdkafka.
     pub fn into_spool_record(self) -> super::SpoolRecord {
-        use rdkafka::message::Headers;
-        let headers = self.headers.iter().map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec))).collect();
+        let headers = self.headers.iter().map(|(key, value)| (key.to_string(), Some(value.to_vec()))).collect();
         super::SpoolRecord {
             id: self.id,
             topic: self.topic.to_string(),
@@ -83,7 +141,7 @@ mod tests {
         let headers = record
             .headers
             .iter()
-            .map(|h| (h.key.to_string(), String::from_utf8(h.value.unwrap().to_vec()).unwrap()))
+            .map(|(key, value)| (key.to_string(), String::from_utf8(value.to_vec()).unwrap()))
             .collect();
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
         (text(&record.key), text(&record.value), headers, record.timestamp_ms)
@@ -107,6 +165,25 @@ mod tests {
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
         list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    /// librdkafka gets every header, in order, with its exact bytes (empty names and values included).
+    #[test]
+    fn headers_reach_librdkafka_unchanged() {
+        let mut headers = RecordHeaders::with_capacity(4, 0);
+        let long = "v".repeat(70_000);
+        let list: [(&str, &[u8]); 4] =
+            [("ce_id", b"e-1"), ("", b""), ("bin\u{e9}", &[0, 255, 10]), ("long", long.as_bytes())];
+        for (name, value) in list {
+            headers.push(name, value);
+        }
+        assert_eq!(headers.len(), 4);
+        assert_eq!(headers.iter().collect::<Vec<_>>(), list);
+        let kafka = headers.to_kafka();
+        let got: Vec<_> = kafka.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect();
+        let want: Vec<_> = list.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+        assert_eq!(got, want);
+        assert!(RecordHeaders::default().is_empty() && RecordHeaders::default().to_kafka().count() == 0);
     }
 
     /// Pins the exact bytes of the record: any change to parsing or encoding must keep them.
