@@ -162,10 +162,29 @@ struct Inner {
     open_connections: Gauge,
     refused_connections: Counter,
     http_duration: Family<HttpLabels, Histogram>,
+    /// The HTTP series resolved once each (off the hot path): counters by status, histograms by route
+    /// and status class.
+    http_by_status: HttpByStatus,
+    http_by_route: HttpByRoute,
     delivery_duration: Histogram,
     batch_size: Histogram,
     queue: Arc<QueueGauge>,
 }
+
+/// Statuses 100-599.
+type HttpByStatus = Box<[std::sync::OnceLock<Counter>; 500]>;
+/// The ingest routes' labels (`HTTP_ROUTES`) by status class.
+type HttpByRoute = [[std::sync::OnceLock<Histogram>; 5]; HTTP_ROUTES.len()];
+
+/// The `route` labels the ingest listener uses.
+const HTTP_ROUTES: [&str; 6] = [
+    crate::http::EVENTS_PATH,
+    crate::http::TOPIC_EVENTS_PATH,
+    crate::http::BEACON_PATH_LABEL,
+    crate::http::HEALTH_PATH,
+    crate::http::OPENAPI_PATH,
+    "unmatched",
+];
 
 impl Metrics {
     pub fn new(queue: Arc<QueueGauge>) -> Self {
@@ -335,6 +354,8 @@ impl Metrics {
             open_connections,
             refused_connections,
             http_duration,
+            http_by_status: Box::new(std::array::from_fn(|_| std::sync::OnceLock::new())),
+            http_by_route: Default::default(),
             delivery_duration,
             batch_size,
             queue,
@@ -469,15 +490,19 @@ impl Metrics {
     }
 
     pub fn http_request(&self, route: &'static str, status: u16, elapsed: std::time::Duration) {
-        self.0.http_requests.get_or_create(&StatusLabel { status }).inc();
-        let status_class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+        let inner = &*self.0;
+        match inner.http_by_status.get(usize::from(status).wrapping_sub(100)) {
+            Some(slot) => slot.get_or_init(|| inner.http_requests.get_or_create_owned(&StatusLabel { status })).inc(),
+            None => inner.http_requests.get_or_create(&StatusLabel { status }).inc(),
         };
-        self.0.http_duration.get_or_create(&HttpLabels { route, status_class }).observe(elapsed.as_secs_f64());
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        let status_class = ["1xx", "2xx", "3xx", "4xx", "5xx"][class];
+        let resolve = || inner.http_duration.get_or_create_owned(&HttpLabels { route, status_class });
+        let seconds = elapsed.as_secs_f64();
+        match HTTP_ROUTES.iter().position(|r| *r == route) {
+            Some(r) => inner.http_by_route[r][class].get_or_init(resolve).observe(seconds),
+            None => resolve().observe(seconds),
+        }
     }
 
     /// The classic Prometheus text format (0.0.4), for scrapers and tools that do not speak OpenMetrics
