@@ -8,6 +8,11 @@ use event_ingestor::config::{Brokers, Settings, KAFKA_PROPERTY_PREFIX, KEYS};
 use event_ingestor::lifecycle::{listen_for_signals, Shutdown};
 use event_ingestor::{telemetry, Application};
 
+/// mimalloc rather than glibc's malloc: the request path allocates and frees many small objects and one
+/// future over 1 KiB (beyond glibc's per-thread cache) per request; see docs/benchmarks.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 usage: event-ingestor [--embedded-kafka] [--config FILE]
        event-ingestor describe     print accepted settings, routes and probes as JSON
