@@ -223,7 +223,11 @@ async fn read_body_within(state: &AppState, headers: &HeaderMap, body: Body) -> 
     }
     tokio::time::timeout(state.body_read_timeout, read).await.map_err(|_| {
         state.metrics.rejected("body_read_timeout", 1);
-        ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_read_timeout", "the body did not arrive within BODY_READ_TIMEOUT")
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_read_timeout",
+            "the body did not arrive within BODY_READ_TIMEOUT",
+        )
     })?
 }
 
@@ -366,9 +370,8 @@ impl Publishing {
                         }
                         Some(DeliveryOutcome::Failed { code, message }) => {
                             item.status = "failed";
-                            item.error = Some(
-                                json!({"code": "kafka_delivery_failed", "message": format!("{code}: {message}")}),
-                            );
+                            item.error =
+                                Some(json!({"code": "kafka_delivery_failed", "message": format!("{code}: {message}")}));
                             first_failure.get_or_insert_with(|| delivery_failed(&code, &message));
                         }
                         None => {

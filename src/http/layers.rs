@@ -281,7 +281,9 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let inner = &mut self.inner;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.call(req))) {
-            Ok(future) => Answer::Later { future: CatchUnwind { inner: future, metrics: self.layer.metrics.clone() }, guard: () },
+            Ok(future) => {
+                Answer::Later { future: CatchUnwind { inner: future, metrics: self.layer.metrics.clone() }, guard: () }
+            }
             Err(panic) => now(panicked(&self.layer.metrics, panic)),
         }
     }

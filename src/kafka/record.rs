@@ -86,7 +86,11 @@ impl OutboundRecord {
         let (traceparent, tracestate) = (trace.traceparent.as_deref(), trace.tracestate.as_deref());
         let optional = [traceparent.map(str::len), tracestate.map(str::len), source.map(|s| s.len())];
         let count = 5 + optional.iter().flatten().count() + event.headers.len();
-        let bytes = 64 + id.len() + ty.len() + time.len() + optional.iter().flatten().sum::<usize>()
+        let bytes = 64
+            + id.len()
+            + ty.len()
+            + time.len()
+            + optional.iter().flatten().sum::<usize>()
             + event.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let mut headers = RecordHeaders::with_capacity(count, bytes);
         headers.push("ce_id", id);
