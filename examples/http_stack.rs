@@ -15,6 +15,7 @@ use event_ingestor::http::IngestService;
 use tower::ServiceExt;
 
 /// The binary's allocator, so that the profile is the binary's.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -10,6 +10,7 @@ use event_ingestor::{telemetry, Application};
 
 /// mimalloc rather than glibc's malloc: the request path allocates and frees many small objects and one
 /// future over 1 KiB (beyond glibc's per-thread cache) per request; see docs/benchmarks.md.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
