@@ -51,7 +51,9 @@ pub async fn serve(
     let mut builder = Builder::new(TokioExecutor::new());
     // hyper's header timer (30 s by default once a timer is set) would also cut idle keep-alive
     // connections; the connection clock below does both jobs.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
+    // `writev(false)`: an answer's head and its small body go out as one buffer in one write(2) (the
+    // body is copied, a few hundred bytes) — 5 % less CPU a request than two iovecs (docs/benchmarks.md).
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true).writev(false);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
     let builder = Arc::new(builder);
     let connections = TaskTracker::new();
