@@ -247,6 +247,7 @@ impl Application {
             header_read_timeout: settings.http.header_read_timeout,
             keepalive_timeout: settings.http.keepalive_timeout,
             max_connections: settings.http.max_connections,
+            peer_addresses: settings.rate_limit.client_rps > 0,
         };
         let mut main_server = tokio::spawn(http::server::serve(
             main_listener,

@@ -140,19 +140,60 @@ impl<T> IngestService for T where
 
 /// The ingest router wrapped in its middleware stack.
 pub fn ingest_router(state: AppState, settings: &Settings) -> impl IngestService {
-    let routes = Router::new()
+    let router = Router::new()
         .route(EVENTS_PATH, post(ingest::post_events))
         .route(TOPIC_EVENTS_PATH, post(ingest::post_topic_events))
         .route(&settings.access.beacon_path, post(ingest::post_events))
         .route(HEALTH_PATH, get(ingest::health))
         .route(OPENAPI_PATH, get(openapi))
         .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() });
-    with_middleware(routes, state, settings)
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state.clone());
+    let beacon_path = state.beacon_path.clone();
+    stack(Routes { state: state.clone(), router, beacon_path }, state, settings)
+}
+
+/// The ingest routes: `POST /events` and the beacon path go straight to their handler, everything else
+/// through the axum router (the same handler for those two, so the same answers). The hot path skips
+/// route matching, the router's extension inserts and one of its two boxed futures a request.
+#[derive(Clone)]
+struct Routes {
+    state: AppState,
+    router: Router,
+    beacon_path: Arc<str>,
+}
+
+impl tower::Service<Request> for Routes {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        futures_util::future::BoxFuture<'static, Result<Response, Infallible>>,
+        axum::routing::future::RouteFuture<Infallible>,
+    >;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+        // The router is always ready, and so is the handler.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures_util::future::Either;
+        let path = req.uri().path();
+        if req.method() == axum::http::Method::POST && (path == EVENTS_PATH || path == &*self.beacon_path) {
+            let state = self.state.clone();
+            return Either::Left(Box::pin(async move { Ok(ingest::events(state, req).await.into_response()) }));
+        }
+        Either::Right(tower::Service::call(&mut self.router, req))
+    }
 }
 
 /// Wraps `routes` in the ingest middleware stack (public so tests can put a misbehaving route inside it).
 pub fn with_middleware(routes: Router<AppState>, state: AppState, settings: &Settings) -> impl IngestService {
+    stack(routes.with_state(state.clone()), state, settings)
+}
+
+/// The ingest middleware stack around `routes`.
+fn stack(routes: impl IngestService, state: AppState, settings: &Settings) -> impl IngestService {
     let rl = &settings.rate_limit;
     let by_requests = !rl.count_events;
     let global = (by_requests && rl.rps > 0).then(|| {
@@ -207,7 +248,7 @@ pub fn with_middleware(routes: Router<AppState>, state: AppState, settings: &Set
     // The body limit is the last step, in the handler: it reads the body against MAX_BODY_BYTES (early
     // on Content-Length) within BODY_READ_TIMEOUT, so its refusals are problem+json like the rest.
 
-    stack.service(routes.with_state(state))
+    stack.service(routes)
 }
 
 fn server_span(req: &Request, sampler: &crate::telemetry::trace::HeadSampler, beacon_path: &str) -> tracing::Span {

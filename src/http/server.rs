@@ -38,6 +38,9 @@ pub struct ConnectionLimits {
     pub keepalive_timeout: Duration,
     /// Open connections beyond this are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Whether requests carry the peer address (`ConnectInfo`): only the per-client rate limits read
+    /// it, and without it a request's extensions are never allocated.
+    pub peer_addresses: bool,
 }
 
 /// Serves `app` on `listener` until `stop`, then waits for open connections to finish their requests.
@@ -83,7 +86,9 @@ pub async fn serve(
             .clone()
             .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 on_request.request_started();
-                req.extensions_mut().insert(ConnectInfo(peer));
+                if limits.peer_addresses {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                }
                 req.map(axum::body::Body::new)
             })
             .map_response(move |res| {
