@@ -13,10 +13,14 @@ use axum::body::Body;
 use event_ingestor::http::IngestService;
 use tower::ServiceExt;
 
+#[cfg(feature = "mimalloc")]
+#[path = "../src/alloc.rs"]
+mod alloc;
+
 /// The binary's allocator, so that the profile is the binary's.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
 
 const EVENT: &str = r#"{"type":"page.view","key":"user-1234","headers":{"tenant":"acme"},"payload":{"url":"https://example.com/a/b","ref":"https://example.com/","ms":1234,"tags":["x","y"]}}"#;
 
