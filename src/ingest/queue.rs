@@ -4,11 +4,19 @@
 //! A request's events travel as one job so that one worker sends them in order (per-key order within a
 //! request). Capacity is counted in events (see `QueueGauge`): an event holds its slot until it is
 //! resolved, so a slow broker fills the queue and clients hear 503 instead of the process growing.
+//!
+//! Handing a job to librdkafka does not wait (except when its own buffer is full), so one awake worker
+//! keeps up with any request rate; waking a sleeping worker for every job cost more than the job (a task
+//! wake-up, often on the other thread: 10 workers made `full` ≈ 15 % slower than one). So a job wakes a
+//! sleeping worker only when none is awake, or when the awake ones fall behind (a worker held up by a full
+//! librdkafka buffer): a backlog brings in up to `WORKER_POOL_SIZE` workers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::kafka::delivery::{AckBatch, DeliveryTicket, Destination};
@@ -41,12 +49,103 @@ pub enum QueueError {
     Closed,
 }
 
+/// Jobs waiting per awake worker beyond which another worker is woken.
+const BACKLOG_PER_AWAKE_WORKER: usize = 32;
+
+/// The jobs between the handlers and the workers, and how many workers are awake to take them.
+struct Jobs {
+    queue: Mutex<VecDeque<Job>>,
+    /// Workers taking jobs now (not waiting for one).
+    awake: AtomicUsize,
+    workers: usize,
+    /// Set under the queue's lock: no job is added after it.
+    closed: AtomicBool,
+    wake: Notify,
+}
+
+impl Jobs {
+    fn new(workers: usize) -> Self {
+        Jobs {
+            queue: Mutex::new(VecDeque::new()),
+            // Every worker starts awake and goes to sleep on finding the queue empty.
+            awake: AtomicUsize::new(workers),
+            workers,
+            closed: AtomicBool::new(false),
+            wake: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        // Nothing panics while holding the lock; a poisoned queue is still a consistent queue.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a job, or gives it back once the queue is closed.
+    fn push(&self, job: Job) -> Result<(), Job> {
+        let waiting = {
+            let mut queue = self.lock();
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(job);
+            }
+            queue.push_back(job);
+            queue.len()
+        };
+        // An awake worker looks at the queue again before it sleeps (see `next`), so a job needs a wake-up
+        // only when no worker is awake, or when the awake ones fall behind (held up by a full librdkafka
+        // buffer: at thousands of requests a second the backlog passes the mark within milliseconds).
+        let awake = self.awake.load(Ordering::SeqCst);
+        if awake < self.workers && waiting > awake * BACKLOG_PER_AWAKE_WORKER {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    fn pop(&self) -> Option<Job> {
+        self.lock().pop_front()
+    }
+
+    /// The next job, waiting for one when there is none; `None` once the queue is closed and empty.
+    async fn next(&self) -> Option<Job> {
+        loop {
+            if let Some(job) = self.pop() {
+                return Some(job);
+            }
+            if self.closed.load(Ordering::SeqCst) {
+                return None;
+            }
+            // Asleep from here; then one more look, so that a job pushed by a handler that still counted
+            // this worker awake (and so woke nobody) is not left behind.
+            self.awake.fetch_sub(1, Ordering::SeqCst);
+            let notified = self.wake.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.lock().is_empty() && !self.closed.load(Ordering::SeqCst) {
+                notified.await;
+            }
+            self.awake.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// No more jobs; the workers take what is queued, then stop.
+    fn close(&self) {
+        let _queue = self.lock();
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+}
+
 /// The sending side of the queue, shared by all handlers.
 #[derive(Clone)]
 pub struct IngestQueue {
-    tx: async_channel::Sender<Job>,
-    /// Kept to take what is left when a shutdown gives up on the workers.
-    rx: async_channel::Receiver<Job>,
+    jobs: Arc<Jobs>,
     ledger: Arc<Ledger>,
     metrics: Metrics,
     /// Recent drain rate in events/s (updated every second).
@@ -56,15 +155,14 @@ pub struct IngestQueue {
 impl IngestQueue {
     /// Creates the queue (capacity from the metrics' queue gauge) and starts `workers` workers.
     pub fn start(workers: usize, sink: Sink, metrics: Metrics, ledger: Arc<Ledger>) -> (Self, JoinSet<()>) {
-        let (tx, rx) = async_channel::unbounded::<Job>();
-        let worker_rx = rx.clone();
+        let jobs = Arc::new(Jobs::new(workers));
         let drain_rate = Arc::new(AtomicU64::new(0));
         let mut set = JoinSet::new();
         for _ in 0..workers {
-            let rx = worker_rx.clone();
+            let jobs = jobs.clone();
             let sink = sink.clone();
             set.spawn(async move {
-                while let Ok(job) = rx.recv().await {
+                while let Some(job) = jobs.next().await {
                     match &sink {
                         Sink::Kafka(publisher) => send_job(publisher, job).await,
                         Sink::Noop(metrics) => discard_job(metrics, job),
@@ -72,7 +170,7 @@ impl IngestQueue {
                 }
             });
         }
-        let queue = IngestQueue { tx, rx, ledger, metrics, drain_rate };
+        let queue = IngestQueue { jobs, ledger, metrics, drain_rate };
         tokio::spawn(queue.clone().estimate_drain_rate());
         (queue, set)
     }
@@ -85,7 +183,7 @@ impl IngestQueue {
         received_at: Instant,
         span: tracing::Span,
     ) -> Result<(), QueueError> {
-        if self.tx.is_closed() {
+        if self.jobs.is_closed() {
             return Err(QueueError::Closed);
         }
         let gauge = self.metrics.queue();
@@ -96,7 +194,7 @@ impl IngestQueue {
         if !gauge.try_take(n) {
             return Err(QueueError::Full { retry_after_secs: self.retry_after_secs(n) });
         }
-        if self.tx.try_send(Job { records, acks, received_at, span }).is_err() {
+        if self.jobs.push(Job { records, acks, received_at, span }).is_err() {
             gauge.give_back(n);
             return Err(QueueError::Closed);
         }
@@ -116,13 +214,13 @@ impl IngestQueue {
 
     /// Stops taking jobs; queued jobs are still delivered by the workers, which then exit.
     pub fn close(&self) {
-        self.tx.close();
+        self.jobs.close();
     }
 
     /// The records of jobs no worker took (a shutdown that ran out of time), as spool records.
     pub fn take_remaining(&self) -> Vec<SpoolRecord> {
         let mut out = Vec::new();
-        while let Ok(job) = self.rx.try_recv() {
+        while let Some(job) = self.jobs.pop() {
             if let Some(acks) = &job.acks {
                 for i in 0..job.records.len() {
                     acks.resolve(
@@ -143,7 +241,7 @@ impl IngestQueue {
         tick.tick().await;
         loop {
             tick.tick().await;
-            if self.tx.is_closed() && self.tx.is_empty() {
+            if self.jobs.is_closed() && self.jobs.is_empty() {
                 return;
             }
             let now = gauge.resolved_total();
@@ -178,5 +276,76 @@ fn discard_job(metrics: &Metrics, job: Job) {
         if let Some(acks) = &job.acks {
             acks.resolve(index, DeliveryOutcome::Delivered { partition: -1, offset: -1 });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job { records: Vec::new(), acks: None, received_at: Instant::now(), span: tracing::Span::none() }
+    }
+
+    /// Workers that count the jobs they take; each holds a job for `hold` (a worker held up by a full
+    /// librdkafka buffer).
+    fn workers(jobs: &Arc<Jobs>, n: usize, hold: Duration) -> (JoinSet<usize>, Arc<AtomicUsize>) {
+        let busy_max = Arc::new(AtomicUsize::new(0));
+        let busy = Arc::new(AtomicUsize::new(0));
+        let mut set = JoinSet::new();
+        for _ in 0..n {
+            let (jobs, busy, busy_max) = (jobs.clone(), busy.clone(), busy_max.clone());
+            set.spawn(async move {
+                let mut taken = 0;
+                while let Some(_job) = jobs.next().await {
+                    taken += 1;
+                    let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
+                    busy_max.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(hold).await;
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                }
+                taken
+            });
+        }
+        (set, busy_max)
+    }
+
+    async fn total(mut set: JoinSet<usize>) -> usize {
+        let mut sum = 0;
+        while let Some(n) = set.join_next().await {
+            sum += n.expect("worker");
+        }
+        sum
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_job_is_taken_when_workers_sleep_between_them() {
+        let jobs = Arc::new(Jobs::new(4));
+        let (set, _) = workers(&jobs, 4, Duration::ZERO);
+        for i in 0..2_000 {
+            assert!(jobs.push(job()).is_ok());
+            if i % 100 == 0 {
+                // Let every worker fall asleep on an empty queue now and then.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        jobs.close();
+        assert!(jobs.push(job()).is_err(), "a closed queue takes no job");
+        let taken = tokio::time::timeout(Duration::from_secs(10), total(set)).await.expect("workers stop");
+        assert_eq!(taken, 2_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backlog_behind_a_held_up_worker_wakes_the_others() {
+        let jobs = Arc::new(Jobs::new(4));
+        let (set, busy_max) = workers(&jobs, 4, Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for _ in 0..8 * BACKLOG_PER_AWAKE_WORKER {
+            assert!(jobs.push(job()).is_ok());
+        }
+        jobs.close();
+        let taken = tokio::time::timeout(Duration::from_secs(10), total(set)).await.expect("workers stop");
+        assert_eq!(taken, 8 * BACKLOG_PER_AWAKE_WORKER);
+        assert_eq!(busy_max.load(Ordering::SeqCst), 4, "all four workers held a job at once");
     }
 }
