@@ -252,7 +252,7 @@ fn stack(routes: impl IngestService, state: AppState, settings: &Settings) -> im
 }
 
 fn server_span(req: &Request, sampler: &crate::telemetry::trace::HeadSampler, beacon_path: &str) -> tracing::Span {
-    let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let id = req.headers().get(&layers::X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !sampler.sample(req.headers()) {
         // Not traced: only a DEBUG span carrying the request id for debug logs (free at INFO).
         return tracing::debug_span!("request", method = %req.method(), request_id = %id);

@@ -1,6 +1,7 @@
 //! OTLP trace export configured by the standard `OTEL_*` variables, and the W3C trace context carried from
 //! HTTP requests into Kafka record headers.
 
+use axum::http::HeaderName;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -157,6 +158,10 @@ impl Injector for TraceHeaders {
     }
 }
 
+/// Parsed once: a lookup by `&str` parses and hashes the name on every request.
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 impl TraceHeaders {
     /// The context of `span` when tracing is on; else the caller's own `traceparent`/`tracestate`,
     /// forwarded unchanged (when well-formed) so that consumers can still continue the trace.
@@ -169,10 +174,10 @@ impl TraceHeaders {
                 return out;
             }
         }
-        let header = |name: &str| request.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        out.traceparent = header("traceparent").filter(|t| valid_traceparent(t));
+        let header = |name: &HeaderName| request.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        out.traceparent = header(&TRACEPARENT).filter(|t| valid_traceparent(t));
         if out.traceparent.is_some() {
-            out.tracestate = header("tracestate").filter(|t| t.len() <= 512);
+            out.tracestate = header(&TRACESTATE).filter(|t| t.len() <= 512);
         }
         out
     }
@@ -229,7 +234,7 @@ impl HeadSampler {
             return false;
         }
         if self.parent_based {
-            if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()).filter(|t| valid_traceparent(t))
+            if let Some(tp) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|t| valid_traceparent(t))
             {
                 return u8::from_str_radix(&tp[53..55], 16).is_ok_and(|flags| flags & 1 == 1);
             }
