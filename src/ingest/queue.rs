@@ -9,7 +9,9 @@
 //! keeps up with any request rate; waking a sleeping worker for every job cost more than the job (a task
 //! wake-up, often on the other thread: 10 workers made `full` ≈ 15 % slower than one). So a job wakes a
 //! sleeping worker only when none is awake, or when the awake ones fall behind (a worker held up by a full
-//! librdkafka buffer): a backlog brings in up to `WORKER_POOL_SIZE` workers.
+//! librdkafka buffer): a backlog brings in up to `WORKER_POOL_SIZE` workers. And a worker that finds the
+//! queue empty yields once before it sleeps, so that the requests already in hand bring their jobs to an
+//! awake worker.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -112,6 +114,12 @@ impl Jobs {
             }
             if self.closed.load(Ordering::SeqCst) {
                 return None;
+            }
+            // Under load the connections ready to run bring the next jobs: let them run first, then look
+            // again, rather than sleep now and be woken for the next job.
+            tokio::task::yield_now().await;
+            if let Some(job) = self.pop() {
+                return Some(job);
             }
             // Asleep from here; then one more look, so that a job pushed by a handler that still counted
             // this worker awake (and so woke nobody) is not left behind.

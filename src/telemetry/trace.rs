@@ -234,8 +234,7 @@ impl HeadSampler {
             return false;
         }
         if self.parent_based {
-            if let Some(tp) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|t| valid_traceparent(t))
-            {
+            if let Some(tp) = headers.get(&TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|t| valid_traceparent(t)) {
                 return u8::from_str_radix(&tp[53..55], 16).is_ok_and(|flags| flags & 1 == 1);
             }
         }
