@@ -152,11 +152,6 @@ impl ItemResult {
 
 /// `POST /events`: the default topic.
 pub async fn post_events(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    events(state, req).await
-}
-
-/// `POST /events` without the router's extractors (the ingest routes' hot path calls it directly).
-pub async fn events(state: AppState, req: Request) -> Result<Response, ApiError> {
     let topic = state.topics.default.clone();
     ingest(state, topic, req).await
 }

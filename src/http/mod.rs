@@ -149,8 +149,7 @@ pub fn ingest_router(state: AppState, settings: &Settings) -> impl IngestService
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state.clone());
-    let beacon_path = state.beacon_path.clone();
-    stack(Routes { state: state.clone(), router, beacon_path }, state, settings)
+    stack(Routes { state: state.clone(), router }, state, settings)
 }
 
 /// The ingest routes: `POST /events` and the beacon path go straight to their handler, everything else
@@ -160,7 +159,6 @@ pub fn ingest_router(state: AppState, settings: &Settings) -> impl IngestService
 struct Routes {
     state: AppState,
     router: Router,
-    beacon_path: Arc<str>,
 }
 
 impl tower::Service<Request> for Routes {
@@ -179,9 +177,9 @@ impl tower::Service<Request> for Routes {
     fn call(&mut self, req: Request) -> Self::Future {
         use futures_util::future::Either;
         let path = req.uri().path();
-        if req.method() == axum::http::Method::POST && (path == EVENTS_PATH || path == &*self.beacon_path) {
-            let state = self.state.clone();
-            return Either::Left(Box::pin(async move { Ok(ingest::events(state, req).await.into_response()) }));
+        if req.method() == axum::http::Method::POST && (path == EVENTS_PATH || path == &*self.state.beacon_path) {
+            let state = axum::extract::State(self.state.clone());
+            return Either::Left(Box::pin(async move { Ok(ingest::post_events(state, req).await.into_response()) }));
         }
         Either::Right(tower::Service::call(&mut self.router, req))
     }
