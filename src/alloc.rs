@@ -23,31 +23,40 @@ fn plain(align: usize, size: usize) -> bool {
     align <= MIN_ALIGN && align <= size
 }
 
+/// `plain_call(size)` when mimalloc's plain call already gives the layout's alignment, else
+/// `aligned_call(size, align)`.
+///
+/// # Safety
+/// Plain FFI calls into mimalloc; a null return is the allocation failure `GlobalAlloc` expects.
+#[inline]
+unsafe fn allocate(
+    layout: Layout,
+    plain_call: unsafe extern "C" fn(usize) -> *mut c_void,
+    aligned_call: unsafe extern "C" fn(usize, usize) -> *mut c_void,
+) -> *mut u8 {
+    // SAFETY: as the function's contract.
+    unsafe {
+        if plain(layout.align(), layout.size()) {
+            plain_call(layout.size()) as *mut u8
+        } else {
+            aligned_call(layout.size(), layout.align()) as *mut u8
+        }
+    }
+}
+
 // SAFETY: every pointer returned comes from mimalloc and is freed by `mi_free`, which takes pointers from
 // both the plain and the aligned calls; `plain` only admits layouts mimalloc's plain calls already align.
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: plain FFI calls; a null return is the allocation failure `GlobalAlloc` expects.
-        unsafe {
-            if plain(layout.align(), layout.size()) {
-                mi::mi_malloc(layout.size()) as *mut u8
-            } else {
-                mi::mi_malloc_aligned(layout.size(), layout.align()) as *mut u8
-            }
-        }
+        // SAFETY: see `allocate`.
+        unsafe { allocate(layout, mi::mi_malloc, mi::mi_malloc_aligned) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as `alloc`.
-        unsafe {
-            if plain(layout.align(), layout.size()) {
-                mi::mi_zalloc(layout.size()) as *mut u8
-            } else {
-                mi::mi_zalloc_aligned(layout.size(), layout.align()) as *mut u8
-            }
-        }
+        // SAFETY: see `allocate`.
+        unsafe { allocate(layout, mi::mi_zalloc, mi::mi_zalloc_aligned) }
     }
 
     #[inline]
