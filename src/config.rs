@@ -57,7 +57,7 @@ pub const KEYS: &[Key] = &[
         accepts: "a duration with a unit, 1s-1h: how long the brokers may be unreachable before /readyz fails",
     },
     Key { env: "WORKER_POOL_SIZE", default: "10", accepts: "an integer 1-1024" },
-    Key { env: "QUEUE_SIZE", default: "1000", accepts: "an integer 1-10000000 (events)" },
+    Key { env: "QUEUE_SIZE", default: "10000", accepts: "an integer 1-10000000 (events)" },
     Key {
         env: "QUEUE_HIGH_WATER",
         default: "0.9",
@@ -761,7 +761,7 @@ mod tests {
         assert_eq!(s.kafka.topic, "events");
         assert_eq!(s.kafka.dlq_topic, "events-dlq");
         assert_eq!(s.ingest.worker_pool_size, 10);
-        assert_eq!(s.ingest.queue_size, 1000);
+        assert_eq!(s.ingest.queue_size, 10000);
         assert_eq!(s.rate_limit.rps, 1000);
         assert_eq!(s.rate_limit.burst, 100);
         assert_eq!(s.ingest.ack_mode, AckMode::Queued);
