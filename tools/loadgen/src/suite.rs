@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{cv, fmt_duration, median, now_rfc3339, Target};
+use crate::common::{cv, fmt_duration, median, now_rfc3339, Latency, Target};
 use crate::scenario::{run_scenario, RunResult};
 use crate::{Cli, Cmd, LoadArgs, TargetArgs};
 
@@ -36,6 +36,9 @@ pub struct ScenarioSummary {
     pub max_ms: Stat,
     /// p99 of non-2xx answers (from the actual send), runs that had any.
     pub rejection_p99_ms: Stat,
+    /// p50 of non-2xx answers (from the actual send), runs that had any.
+    #[serde(default)]
+    pub rejection_p50_ms: Stat,
     pub requests: u64,
     pub ok_2xx: u64,
     pub non_2xx: u64,
@@ -189,6 +192,9 @@ fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>) -> S
             Some(verified.iter().filter_map(|r| f(r)).sum())
         }
     };
+    let rejections = |f: &dyn Fn(&Latency) -> f64| {
+        Stat::of(runs.iter().filter(|r| r.rejection_latency.count > 0).map(|r| f(&r.rejection_latency)).collect())
+    };
     let open_loop = runs.iter().any(|r| r.rate.is_some());
     let req = stat(&|r| r.req_per_s);
     let ev = stat(&|r| r.events_per_s);
@@ -210,9 +216,8 @@ fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>) -> S
         p50_ms: stat(&|r| r.latency.p50_ms),
         p90_ms: stat(&|r| r.latency.p90_ms),
         max_ms: stat(&|r| r.latency.max_ms),
-        rejection_p99_ms: Stat::of(
-            runs.iter().filter(|r| r.rejection_latency.count > 0).map(|r| r.rejection_latency.p99_ms).collect(),
-        ),
+        rejection_p99_ms: rejections(&|l| l.p99_ms),
+        rejection_p50_ms: rejections(&|l| l.p50_ms),
         requests: runs.iter().map(|r| r.requests_sent).sum(),
         ok_2xx: runs.iter().map(|r| r.ok_2xx).sum(),
         non_2xx: runs.iter().map(|r| r.requests_sent.saturating_sub(r.ok_2xx)).sum(),
@@ -310,7 +315,22 @@ pub const SUITES: &[SuiteDef] = &[
         title: "single events, ack=queued, open loop at 2× the measured peak, 512 connections",
         args: "--scenarios full --connections 512 --batch 1 --ack queued --rate {double_peak} --timeout 5s",
     },
+    SuiteDef {
+        name: "shed-peak",
+        row: "(g)",
+        title: "single events, ack=kafka, MAX_CONCURRENT_REQUESTS=64, 64 connections, closed loop (the peak of a service whose limit is its concurrency limit)",
+        args: "--scenarios full --connections 64 --batch 1 --ack kafka --service-env MAX_CONCURRENT_REQUESTS=64",
+    },
+    SuiteDef {
+        name: "overload-shed",
+        row: "(g)",
+        title: "as shed-peak, open loop at 2× its peak, 512 connections: the excess is shed (503 overloaded)",
+        args: "--scenarios full --connections 512 --batch 1 --ack kafka --rate {double_shed_peak} --timeout 5s --service-env MAX_CONCURRENT_REQUESTS=64",
+    },
 ];
+
+/// The suite whose median `full` req/s `{double_shed_peak}` stands for.
+const SHED_PEAK_SUITE: &str = "shed-peak";
 
 pub struct SuiteConfig {
     pub repeats: usize,
@@ -359,6 +379,9 @@ pub struct SuiteResults {
     pub kafka_label: String,
     pub peak_rps: Option<f64>,
     pub peak_source: String,
+    /// The median `full` req/s of shed-peak, for overload-shed's rate.
+    #[serde(default)]
+    pub shed_peak_rps: Option<f64>,
     pub suites: Vec<SuiteRun>,
 }
 
@@ -397,9 +420,14 @@ fn git(args: &[&str]) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The args of a suite with the rate placeholders filled in.
-fn suite_args(def: &SuiteDef, peak: Option<f64>) -> anyhow::Result<String> {
+/// The args of a suite with the rate placeholders filled in: `{half_peak}` and `{double_peak}` from the
+/// single-queued peak, `{double_shed_peak}` from shed-peak's.
+fn suite_args(def: &SuiteDef, peak: Option<f64>, shed_peak: Option<f64>) -> anyhow::Result<String> {
     let mut args = def.args.to_string();
+    if args.contains("{double_shed_peak}") {
+        let shed_peak = shed_peak.ok_or_else(|| anyhow::anyhow!("suite {} needs shed-peak's req/s", def.name))?;
+        args = args.replace("{double_shed_peak}", &format!("{:.0}", (shed_peak * 2.0).max(1.0)));
+    }
     if args.contains('{') {
         let peak = peak.ok_or_else(|| {
             anyhow::anyhow!("suite {} needs the peak req/s (run single-queued or pass --peak-rps)", def.name)
@@ -446,9 +474,23 @@ pub async fn run_suites(names: &[String], cfg: &SuiteConfig, opts: &TargetArgs) 
     }
     let mut peak = cfg.peak_rps;
     let mut peak_source = if peak.is_some() { "--peak-rps".to_string() } else { String::new() };
+    let mut shed_peak = None;
     let mut suites = Vec::new();
     for def in selected {
-        if def.args.contains('{') && peak.is_none() {
+        if def.args.contains("{double_shed_peak}") && shed_peak.is_none() {
+            // Measure it now: one run of shed-peak's load.
+            let shed = SUITES.iter().find(|s| s.name == SHED_PEAK_SUITE).expect("shed-peak suite");
+            let (_, load, suite_opts) = parse_compare(&format!(
+                "{} --duration {} --warmup {}",
+                shed.args,
+                fmt_duration(cfg.duration),
+                fmt_duration(cfg.warmup)
+            ))?;
+            let mut opts = opts.clone();
+            opts.service_env.extend(suite_opts.service_env);
+            shed_peak = Some(run_scenario(Target::Full, &load, &opts, "shed-peak", cfg.threads).await?.req_per_s);
+        }
+        if (def.args.contains("{half_peak}") || def.args.contains("{double_peak}")) && peak.is_none() {
             // Measure it now: one closed-loop run of the service with the single-queued load.
             let (_, load, _) = parse_compare(&format!(
                 "{} --duration {} --warmup {}",
@@ -461,7 +503,7 @@ pub async fn run_suites(names: &[String], cfg: &SuiteConfig, opts: &TargetArgs) 
             peak_source =
                 format!("one closed-loop run of `full` with the single-queued load: {:.0} req/s", r.req_per_s);
         }
-        let args = suite_args(def, peak)?;
+        let args = suite_args(def, peak, shed_peak)?;
         let full_args = format!(
             "{args} --repeats {} --duration {} --warmup {}",
             cfg.repeats,
@@ -484,6 +526,9 @@ pub async fn run_suites(names: &[String], cfg: &SuiteConfig, opts: &TargetArgs) 
                 }
             }
         }
+        if def.name == SHED_PEAK_SUITE {
+            shed_peak = result.summary_of("full").map(|s| s.req_per_s.median).filter(|p| p.is_finite() && *p > 0.0);
+        }
         suites.push(SuiteRun { name: def.name.into(), row: def.row.into(), title: def.title.into(), command, result });
     }
     let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).map(|s| !s.is_empty()).unwrap_or(false);
@@ -504,6 +549,7 @@ pub async fn run_suites(names: &[String], cfg: &SuiteConfig, opts: &TargetArgs) 
         kafka_label: cfg.kafka_label.clone(),
         peak_rps: peak,
         peak_source,
+        shed_peak_rps: shed_peak,
         suites,
     })
 }
@@ -515,14 +561,17 @@ mod tests {
     #[test]
     fn every_suite_parses() {
         for s in SUITES {
-            let args = suite_args(s, Some(10_000.0)).unwrap();
+            let args = suite_args(s, Some(10_000.0), Some(4_000.0)).unwrap();
             let (scenarios, load, _) = parse_compare(&format!("{args} --duration 3s")).unwrap();
             assert!(!scenarios.is_empty(), "{}", s.name);
             assert_eq!(load.duration, Some(Duration::from_secs(3)));
         }
         let half = SUITES.iter().find(|s| s.name == "half-load").unwrap();
-        assert!(suite_args(half, Some(10_000.0)).unwrap().contains("--rate 5000"));
-        assert!(suite_args(half, None).is_err());
+        assert!(suite_args(half, Some(10_000.0), None).unwrap().contains("--rate 5000"));
+        assert!(suite_args(half, None, None).is_err());
+        let shed = SUITES.iter().find(|s| s.name == "overload-shed").unwrap();
+        assert!(suite_args(shed, None, Some(4_000.0)).unwrap().contains("--rate 8000"));
+        assert!(suite_args(shed, Some(10_000.0), None).is_err(), "the shed overload needs its own peak");
         let (_, _, o) = parse_compare(SUITES.iter().find(|s| s.name == "batch-ndjson-q1k").unwrap().args).unwrap();
         assert_eq!(o.service_env, ["QUEUE_SIZE=1000"]);
     }
