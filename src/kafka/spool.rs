@@ -170,11 +170,20 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 enum WriterMsg {
-    Record(SpoolRecord),
+    Record(SpoolRecord, Slot),
     /// Replies once everything sent before it is durable.
     Sync(std_mpsc::Sender<()>),
     /// Closes the current segment so it can be replayed; replies with the new segment's number.
     Rotate(std_mpsc::Sender<u64>),
+}
+
+/// Whether a spooled record still holds a queue slot (`QUEUE_SIZE`), which its write gives back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// An event of this run, unresolved until it is on disk.
+    Held,
+    /// A replayed record going back to the spool: its slot was given back when it was first spooled.
+    None,
 }
 
 /// The spool: a writer thread appending to the current segment with group fsync, and the directory's
@@ -231,6 +240,18 @@ impl Spool {
     // Handing the record back (not boxing it) keeps the hot failure path free of an allocation.
     #[allow(clippy::result_large_err)]
     pub fn submit(&self, record: SpoolRecord) -> Result<(), SpoolRecord> {
+        self.send(record, Slot::Held)
+    }
+
+    /// Like `submit`, for a replayed record that Kafka refused again: it holds no queue slot, so its
+    /// write resolves nothing (and is not counted as spooled a second time).
+    #[allow(clippy::result_large_err)]
+    pub fn resubmit(&self, record: SpoolRecord) -> Result<(), SpoolRecord> {
+        self.send(record, Slot::None)
+    }
+
+    #[allow(clippy::result_large_err)]
+    fn send(&self, record: SpoolRecord, slot: Slot) -> Result<(), SpoolRecord> {
         if self.is_full() {
             if !self.full_logged.swap(true, Ordering::Relaxed) {
                 tracing::error!(dir = %self.dir.display(), max_bytes = self.max_bytes, "spool is full; events that cannot be delivered are lost");
@@ -239,8 +260,8 @@ impl Spool {
         }
         let guard = self.tx.lock().expect("spool sender lock");
         match guard.as_ref() {
-            Some(tx) => tx.send(WriterMsg::Record(record)).map_err(|std_mpsc::SendError(m)| match m {
-                WriterMsg::Record(r) => r,
+            Some(tx) => tx.send(WriterMsg::Record(record, slot)).map_err(|std_mpsc::SendError(m)| match m {
+                WriterMsg::Record(r, _) => r,
                 _ => unreachable!("only records are returned"),
             }),
             None => Err(record),
@@ -311,16 +332,16 @@ impl SegmentWriter {
         let mut buf = Vec::with_capacity(4096);
         while let Ok(first) = rx.recv() {
             // Group commit: take everything already waiting, write it, fsync once.
-            let mut written = 0usize;
+            let mut written = Written::default();
             let mut waiters = Vec::new();
             let mut next = Some(first);
             while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
                 match msg {
-                    WriterMsg::Record(r) => match self.append(&r, &mut buf) {
-                        Ok(()) => written += 1,
+                    WriterMsg::Record(r, slot) => match self.append(&r, &mut buf) {
+                        Ok(()) => written.add(slot),
                         Err(e) => {
                             tracing::error!(id = %r.id, error = %e, "spool write failed; event lost");
-                            self.metrics.lost(1);
+                            Written::one(slot).lost(&self.metrics);
                         }
                     },
                     WriterMsg::Sync(reply) => waiters.push(reply),
@@ -337,7 +358,7 @@ impl SegmentWriter {
                 let _ = w.send(());
             }
         }
-        let mut written = 0;
+        let mut written = Written::default();
         self.sync_file(&mut written);
     }
 
@@ -360,8 +381,8 @@ impl SegmentWriter {
     }
 
     /// fsyncs the current segment; the records written since the last sync now count as spooled.
-    fn sync_file(&mut self, written: &mut usize) {
-        if *written == 0 {
+    fn sync_file(&mut self, written: &mut Written) {
+        if *written == Written::default() {
             return;
         }
         let result = match self.file.as_mut() {
@@ -369,13 +390,44 @@ impl SegmentWriter {
             None => Ok(()),
         };
         match result {
-            Ok(()) => self.metrics.spooled(*written),
+            // Re-spooled replays were counted when first spooled, and hold no slot to give back.
+            Ok(()) => self.metrics.spooled(written.held),
             Err(e) => {
-                tracing::error!(error = %e, records = *written, "spool fsync failed; events lost");
-                self.metrics.lost(*written);
+                tracing::error!(error = %e, records = written.held + written.replayed, "spool fsync failed; events lost");
+                written.lost(&self.metrics);
             }
         }
-        *written = 0;
+        *written = Written::default();
+    }
+}
+
+/// Records appended since the last fsync, by whether they hold a queue slot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Written {
+    held: usize,
+    replayed: usize,
+}
+
+impl Written {
+    fn one(slot: Slot) -> Self {
+        let mut w = Written::default();
+        w.add(slot);
+        w
+    }
+
+    fn add(&mut self, slot: Slot) {
+        match slot {
+            Slot::Held => self.held += 1,
+            Slot::None => self.replayed += 1,
+        }
+    }
+
+    /// Counts these records lost, giving back the slots of those that held one.
+    fn lost(&self, metrics: &Metrics) {
+        metrics.lost(self.held);
+        for _ in 0..self.replayed {
+            metrics.lost_after_spool();
+        }
     }
 }
 
@@ -560,6 +612,26 @@ mod tests {
     fn spool(dir: &Path, max: u64) -> (Arc<Spool>, Metrics) {
         let metrics = Metrics::new(Arc::new(QueueGauge::new(1000)));
         (Spool::open(dir, max, metrics.clone()).unwrap(), metrics)
+    }
+
+    #[test]
+    fn only_records_holding_a_queue_slot_give_one_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, metrics) = spool(dir.path(), 1 << 20);
+        let gauge = metrics.queue().clone();
+        assert!(gauge.try_take(2));
+        s.submit(record(0)).unwrap();
+        s.submit(record(1)).unwrap();
+        // A replayed record that Kafka refused again goes back without a slot.
+        s.resubmit(record(2)).unwrap();
+        s.sync();
+        assert_eq!(gauge.depth(), 0);
+        assert_eq!(gauge.resolved_total(), 2, "the re-spooled replay resolved nothing");
+        assert!(gauge.try_take(gauge.capacity), "the whole queue is free again");
+        assert!(!gauge.try_take(1), "and no bigger than QUEUE_SIZE");
+        s.close();
+        let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
+        assert_eq!(read_segment(&path).unwrap().records, (0..3).map(record).collect::<Vec<_>>());
     }
 
     #[test]
