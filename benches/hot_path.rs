@@ -104,14 +104,14 @@ fn queue_handoff(c: &mut Criterion) {
 }
 
 fn metrics_updates(c: &mut Criterion) {
-    let metrics = Metrics::new(Arc::new(QueueGauge::new(1000)));
+    let metrics = Metrics::new(Arc::new(QueueGauge::with_max_bytes(1000, 64 << 20)));
     let mut g = c.benchmark_group("metrics");
     g.throughput(Throughput::Elements(1));
     g.bench_function("accept_publish_http", |b| {
         b.iter(|| {
-            metrics.queue().try_take(1);
+            metrics.queue().try_take(1, 200);
             metrics.accepted(1);
-            metrics.published(Duration::from_micros(800));
+            metrics.published(Duration::from_micros(800), 200);
             metrics.http_request("/events", 202, Duration::from_micros(120));
         })
     });

@@ -59,6 +59,11 @@ pub const KEYS: &[Key] = &[
     Key { env: "WORKER_POOL_SIZE", default: "10", accepts: "an integer 1-1024" },
     Key { env: "QUEUE_SIZE", default: "10000", accepts: "an integer 1-10000000 (events)" },
     Key {
+        env: "QUEUE_MAX_BYTES",
+        default: "67108864",
+        accepts: "an integer 1024-1099511627776, at least MAX_EVENT_BYTES (key and value bytes of the queued events)",
+    },
+    Key {
         env: "QUEUE_HIGH_WATER",
         default: "0.9",
         accepts: "a fraction in (0, 1]: queue utilization above which /readyz fails",
@@ -298,6 +303,7 @@ impl AckMode {
 pub struct IngestSettings {
     pub worker_pool_size: usize,
     pub queue_size: usize,
+    pub queue_max_bytes: u64,
     pub queue_high_water: f64,
     pub ack_mode: AckMode,
     /// `false` only for benchmarks: events are acknowledged without reaching Kafka.
@@ -563,6 +569,12 @@ impl Settings {
         let burst = r.int::<u32>("RATE_LIMIT_BURST", 1, 10_000_000);
         let max_body_bytes = r.int::<usize>("MAX_BODY_BYTES", 1024, 1 << 30);
         let max_event_bytes = r.int::<usize>("MAX_EVENT_BYTES", 64, 100 << 20);
+        let queue_max_bytes = r.int::<u64>("QUEUE_MAX_BYTES", 1024, 1 << 40);
+        if let (Some(q), Some(e)) = (queue_max_bytes, max_event_bytes) {
+            if q < e as u64 {
+                r.reject("QUEUE_MAX_BYTES", &q.to_string(), "at least MAX_EVENT_BYTES, so that one event fits");
+            }
+        }
         let max_batch_events = r.int::<usize>("MAX_BATCH_EVENTS", 1, 1_000_000);
         let max_decoded_bytes = r.int::<usize>("MAX_DECODED_BYTES", 1024, 1 << 30);
         let max_json_depth = r.int::<usize>("MAX_JSON_DEPTH", 2, 1024);
@@ -659,6 +671,7 @@ impl Settings {
                 ingest: IngestSettings {
                     worker_pool_size: worker_pool_size?,
                     queue_size: queue_size?,
+                    queue_max_bytes: queue_max_bytes?,
                     queue_high_water: queue_high_water?,
                     ack_mode: ack_mode?,
                     publish_to_kafka: publish_to_kafka?,
@@ -762,6 +775,7 @@ mod tests {
         assert_eq!(s.kafka.dlq_topic, "events-dlq");
         assert_eq!(s.ingest.worker_pool_size, 10);
         assert_eq!(s.ingest.queue_size, 10000);
+        assert_eq!(s.ingest.queue_max_bytes, 64 << 20);
         assert_eq!(s.rate_limit.rps, 1000);
         assert_eq!(s.rate_limit.burst, 100);
         assert_eq!(s.ingest.ack_mode, AckMode::Queued);
@@ -779,6 +793,14 @@ mod tests {
         let names: Vec<_> = err.0.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["HTTP_PORT", "KAFKA_RETRY_BACKOFF", "QUEUE_SIZE", "ACK_MODE"]);
         assert!(err.to_string().contains("HTTP_PORT=\"eighty\": expected a TCP port"));
+    }
+
+    #[test]
+    fn the_byte_bound_of_the_queue_must_hold_one_event() {
+        let err = Settings::with_overrides(&[("QUEUE_MAX_BYTES", "4096"), ("MAX_EVENT_BYTES", "8192")]).unwrap_err();
+        assert!(err.to_string().contains("QUEUE_MAX_BYTES=\"4096\": expected at least MAX_EVENT_BYTES"), "{err}");
+        let s = Settings::with_overrides(&[("QUEUE_MAX_BYTES", "8192"), ("MAX_EVENT_BYTES", "8192")]).unwrap();
+        assert_eq!(s.ingest.queue_max_bytes, 8192);
     }
 
     #[test]

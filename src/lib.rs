@@ -95,7 +95,8 @@ impl Application {
         };
 
         let keys = ApiKeys::load(&settings).map_err(StartError::ApiKeys)?;
-        let queue_gauge = Arc::new(QueueGauge::new(settings.ingest.queue_size));
+        let queue_gauge =
+            Arc::new(QueueGauge::with_max_bytes(settings.ingest.queue_size, settings.ingest.queue_max_bytes));
         let metrics = Metrics::new(queue_gauge.clone());
         let spool_error = |source| StartError::Spool { dir: settings.spool.dir.clone(), source };
         let (ledger, previous) = Ledger::open(&settings.spool.dir).map_err(spool_error)?;
@@ -328,7 +329,7 @@ impl Application {
         for record in leftovers {
             if let Err(r) = spool.submit(record) {
                 tracing::error!(id = %r.id, "event could not be spooled at shutdown; lost");
-                state.metrics.lost(1);
+                state.metrics.lost(1, r.queue_bytes());
             }
         }
         let unsent = state.metrics.pending();
@@ -343,7 +344,7 @@ impl Application {
         let undelivered = state.metrics.pending();
         if undelivered > 0 {
             tracing::error!(undelivered, "events neither delivered nor spooled at shutdown; counted as lost");
-            state.metrics.lost(undelivered);
+            state.metrics.lost_pending();
         }
         ledger.clean_stop(state.metrics.queue().resolved_total());
         admin_stop.cancel();

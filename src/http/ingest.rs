@@ -535,6 +535,13 @@ fn enqueue(
                 format!("the batch holds {n} events; the queue holds at most {capacity} (QUEUE_SIZE)"),
             ))
         }
+        Err(QueueError::TooManyBytes { bytes, max_bytes }) => {
+            state.metrics.rejected("batch_too_large", n);
+            Err(ApiError::too_large(
+                "batch_too_large",
+                format!("the events hold {bytes} bytes; the queue holds at most {max_bytes} (QUEUE_MAX_BYTES)"),
+            ))
+        }
         Err(QueueError::Closed) => {
             state.metrics.rejected("draining", n);
             Err(ApiError::unavailable("draining", "the service is shutting down; retry on another instance", 1))

@@ -47,6 +47,8 @@ pub enum QueueError {
     Full { retry_after_secs: u64 },
     /// More events than the whole queue can ever hold.
     TooLarge { capacity: usize },
+    /// More bytes than the whole queue can ever hold.
+    TooManyBytes { bytes: u64, max_bytes: u64 },
     /// Shutting down: no new events.
     Closed,
 }
@@ -199,11 +201,15 @@ impl IngestQueue {
         if n > gauge.capacity {
             return Err(QueueError::TooLarge { capacity: gauge.capacity });
         }
-        if !gauge.try_take(n) {
+        let bytes = records.iter().map(OutboundRecord::queue_bytes).sum();
+        if bytes > gauge.max_bytes {
+            return Err(QueueError::TooManyBytes { bytes, max_bytes: gauge.max_bytes });
+        }
+        if !gauge.try_take(n, bytes) {
             return Err(QueueError::Full { retry_after_secs: self.retry_after_secs(n) });
         }
         if self.jobs.push(Job { records, acks, received_at, span }).is_err() {
-            gauge.give_back(n);
+            gauge.give_back(n, bytes);
             return Err(QueueError::Closed);
         }
         self.metrics.accepted(n);
@@ -279,8 +285,8 @@ async fn send_job(publisher: &Publisher, job: Job) {
 }
 
 fn discard_job(metrics: &Metrics, job: Job) {
-    for index in 0..job.records.len() {
-        metrics.published(job.received_at.elapsed());
+    for (index, record) in job.records.iter().enumerate() {
+        metrics.published(job.received_at.elapsed(), record.queue_bytes());
         if let Some(acks) = &job.acks {
             acks.resolve(index, DeliveryOutcome::Delivered { partition: -1, offset: -1 });
         }

@@ -28,6 +28,7 @@ use super::client_config::{client_config, ClientRole};
 use super::delivery::{error_code, is_retriable, DeliveryOutcome, DeliveryTicket, Destination};
 use super::spool::{Spool, SpoolRecord};
 use crate::config::KafkaSettings;
+use crate::telemetry::event_bytes;
 use crate::telemetry::Metrics;
 
 /// A record whose delivery failed, copied out of librdkafka.
@@ -46,6 +47,11 @@ pub struct FailedDelivery {
 const DLQ_HEADERS: [&str; 4] = ["x-error-code", "x-error-message", "x-original-topic", "x-attempts"];
 
 impl FailedDelivery {
+    /// What the event counts against `QUEUE_MAX_BYTES` (the same as when it was accepted).
+    fn queue_bytes(&self) -> u64 {
+        event_bytes(self.key.as_ref().map_or(0, Vec::len), self.value.len())
+    }
+
     /// The spool form: the event for its own topic, without dead-letter headers.
     fn into_spool_record(self) -> SpoolRecord {
         use rdkafka::message::Headers;
@@ -130,7 +136,7 @@ impl DeliveryContext {
         }
         if let Some((batch, index)) = &failure.ticket.ack {
             if failure.ticket.destination != Destination::Replay {
-                self.metrics.failed_and_reported();
+                self.metrics.failed_and_reported(failure.queue_bytes());
             }
             let message = failure.error.to_string();
             batch.resolve(*index, DeliveryOutcome::Failed { code: error_code(&failure.error), message });
@@ -156,7 +162,7 @@ fn spool_or_count_lost(spool: &Spool, metrics: &Metrics, failure: FailedDelivery
     let error = failure.error.to_string();
     if let Err(record) = spool.submit(failure.into_spool_record()) {
         tracing::error!(id = %record.id, topic = %record.topic, error, "event could not be delivered nor spooled; lost");
-        metrics.lost(1);
+        metrics.lost(1, record.queue_bytes());
     }
 }
 
@@ -166,9 +172,10 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, ticket: Box<DeliveryTicket>) {
         match result {
             Ok(msg) => {
+                let bytes = event_bytes(msg.key_len(), msg.payload_len());
                 match ticket.destination {
-                    Destination::Primary => self.metrics.published(ticket.received_at.elapsed()),
-                    Destination::DeadLetter => self.metrics.dead_lettered(),
+                    Destination::Primary => self.metrics.published(ticket.received_at.elapsed(), bytes),
+                    Destination::DeadLetter => self.metrics.dead_lettered(bytes),
                     Destination::Replay => self.metrics.replayed(),
                 }
                 if let Some((batch, index)) = &ticket.ack {

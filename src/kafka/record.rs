@@ -5,6 +5,7 @@ use std::sync::Arc;
 use rdkafka::message::{Header, OwnedHeaders};
 
 use crate::ingest::envelope::Event;
+use crate::telemetry::event_bytes;
 use crate::telemetry::trace::TraceHeaders;
 
 /// One record ready to hand to the producer.
@@ -15,6 +16,13 @@ pub struct OutboundRecord {
     pub value: Vec<u8>,
     pub headers: RecordHeaders,
     pub timestamp_ms: i64,
+}
+
+impl OutboundRecord {
+    /// What the record counts against `QUEUE_MAX_BYTES`.
+    pub fn queue_bytes(&self) -> u64 {
+        event_bytes(self.key.len(), self.value.len())
+    }
 }
 
 /// A record's headers in one buffer (name and value, each after its length), turned into librdkafka's

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::telemetry::Metrics;
+use crate::telemetry::{event_bytes, Metrics};
 
 const MAGIC: u32 = 0x4C4F_4F50; // "POOL"
 const HEADER: usize = 12;
@@ -35,6 +35,11 @@ pub struct SpoolRecord {
 }
 
 impl SpoolRecord {
+    /// What the record counted against `QUEUE_MAX_BYTES` while it held a queue slot.
+    pub fn queue_bytes(&self) -> u64 {
+        event_bytes(self.key.as_ref().map_or(0, Vec::len), self.value.len())
+    }
+
     fn encode(&self, out: &mut Vec<u8>) {
         fn bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
             match b {
@@ -338,10 +343,10 @@ impl SegmentWriter {
             while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
                 match msg {
                     WriterMsg::Record(r, slot) => match self.append(&r, &mut buf) {
-                        Ok(()) => written.add(slot),
+                        Ok(()) => written.add(slot, &r),
                         Err(e) => {
                             tracing::error!(id = %r.id, error = %e, "spool write failed; event lost");
-                            Written::one(slot).lost(&self.metrics);
+                            Written::one(slot, &r).lost(&self.metrics);
                         }
                     },
                     WriterMsg::Sync(reply) => waiters.push(reply),
@@ -391,7 +396,7 @@ impl SegmentWriter {
         };
         match result {
             // Re-spooled replays were counted when first spooled, and hold no slot to give back.
-            Ok(()) => self.metrics.spooled(written.held),
+            Ok(()) => self.metrics.spooled(written.held, written.held_bytes),
             Err(e) => {
                 tracing::error!(error = %e, records = written.held + written.replayed, "spool fsync failed; events lost");
                 written.lost(&self.metrics);
@@ -405,26 +410,31 @@ impl SegmentWriter {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Written {
     held: usize,
+    /// What the records holding a slot count against `QUEUE_MAX_BYTES`.
+    held_bytes: u64,
     replayed: usize,
 }
 
 impl Written {
-    fn one(slot: Slot) -> Self {
+    fn one(slot: Slot, record: &SpoolRecord) -> Self {
         let mut w = Written::default();
-        w.add(slot);
+        w.add(slot, record);
         w
     }
 
-    fn add(&mut self, slot: Slot) {
+    fn add(&mut self, slot: Slot, record: &SpoolRecord) {
         match slot {
-            Slot::Held => self.held += 1,
+            Slot::Held => {
+                self.held += 1;
+                self.held_bytes += record.queue_bytes();
+            }
             Slot::None => self.replayed += 1,
         }
     }
 
     /// Counts these records lost, giving back the slots of those that held one.
     fn lost(&self, metrics: &Metrics) {
-        metrics.lost(self.held);
+        metrics.lost(self.held, self.held_bytes);
         for _ in 0..self.replayed {
             metrics.lost_after_spool();
         }
@@ -619,16 +629,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (s, metrics) = spool(dir.path(), 1 << 20);
         let gauge = metrics.queue().clone();
-        assert!(gauge.try_take(2));
+        assert!(gauge.try_take(2, record(0).queue_bytes() + record(1).queue_bytes()));
         s.submit(record(0)).unwrap();
         s.submit(record(1)).unwrap();
         // A replayed record that Kafka refused again goes back without a slot.
         s.resubmit(record(2)).unwrap();
         s.sync();
-        assert_eq!(gauge.depth(), 0);
+        assert_eq!((gauge.depth(), gauge.bytes()), (0, 0));
         assert_eq!(gauge.resolved_total(), 2, "the re-spooled replay resolved nothing");
-        assert!(gauge.try_take(gauge.capacity), "the whole queue is free again");
-        assert!(!gauge.try_take(1), "and no bigger than QUEUE_SIZE");
+        assert!(gauge.try_take(gauge.capacity, 0), "the whole queue is free again");
+        assert!(!gauge.try_take(1, 0), "and no bigger than QUEUE_SIZE");
         s.close();
         let (_, path) = segments(dir.path()).unwrap().pop().unwrap();
         assert_eq!(read_segment(&path).unwrap().records, (0..3).map(record).collect::<Vec<_>>());

@@ -51,42 +51,80 @@ struct ReasonLabel {
 /// The bounded queue's capacity accounting, read at scrape time so the hot path pays nothing for it.
 ///
 /// A slot is taken when an event is accepted and given back only when the event is resolved (published,
-/// dead-lettered, reported failed to a waiting caller, or lost). So the depth counts every event the
-/// service still owes to Kafka, wherever it sits: in the queue, in librdkafka, or waiting out a retry.
+/// dead-lettered, reported failed to a waiting caller, spooled, or lost). So the depth counts every event
+/// the service still owes to Kafka, wherever it sits: in the queue, in librdkafka, or waiting out a retry.
 /// That is what bounds memory, what 503s protect, and what autoscaling should follow.
+///
+/// The same events are also counted in bytes (`QUEUE_MAX_BYTES`: the key and value of each, see
+/// [`event_bytes`]), so that large events cannot hold more memory than that whatever `QUEUE_SIZE` is.
 #[derive(Debug)]
 pub struct QueueGauge {
     pub capacity: usize,
     slots: Semaphore,
+    /// `QUEUE_MAX_BYTES`, and the bytes of the events holding a slot.
+    pub max_bytes: u64,
+    bytes: AtomicU64,
     /// Events resolved so far, for the drain-rate estimate behind `Retry-After`.
     resolved: AtomicU64,
 }
 
+/// What one event counts against `QUEUE_MAX_BYTES`: its key and value, which every path an event takes
+/// (librdkafka, a retry, the dead-letter topic, the spool) carries unchanged.
+pub fn event_bytes(key_len: usize, value_len: usize) -> u64 {
+    (key_len + value_len) as u64
+}
+
 impl QueueGauge {
+    /// A queue of `capacity` events, not bounded in bytes (see `with_max_bytes`).
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, slots: Semaphore::new(capacity), resolved: AtomicU64::new(0) }
+        Self::with_max_bytes(capacity, u64::MAX)
     }
 
-    /// Takes `n` slots, or returns false without waiting.
-    pub fn try_take(&self, n: usize) -> bool {
-        match u32::try_from(n).ok().and_then(|n| self.slots.try_acquire_many(n).ok()) {
-            Some(permit) => {
-                permit.forget();
-                true
-            }
-            None => false,
+    pub fn with_max_bytes(capacity: usize, max_bytes: u64) -> Self {
+        Self {
+            capacity,
+            slots: Semaphore::new(capacity),
+            max_bytes,
+            bytes: AtomicU64::new(0),
+            resolved: AtomicU64::new(0),
         }
     }
 
-    /// Gives back `n` slots of resolved events.
-    pub fn release(&self, n: usize) {
+    /// Takes `n` slots holding `bytes` in all, or returns false without waiting.
+    pub fn try_take(&self, n: usize, bytes: u64) -> bool {
+        let Some(permit) = u32::try_from(n).ok().and_then(|n| self.slots.try_acquire_many(n).ok()) else {
+            return false;
+        };
+        let held = self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if held.saturating_add(bytes) > self.max_bytes {
+            self.untake_bytes(bytes);
+            return false;
+        }
+        permit.forget();
+        true
+    }
+
+    /// Gives back `n` slots of resolved events holding `bytes`.
+    pub fn release(&self, n: usize, bytes: u64) {
+        self.untake_bytes(bytes);
         self.slots.add_permits(n);
         self.resolved.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Gives back slots of events that were never accepted (the queue closed under the request).
-    pub fn give_back(&self, n: usize) {
+    pub fn give_back(&self, n: usize, bytes: u64) {
+        self.untake_bytes(bytes);
         self.slots.add_permits(n);
+    }
+
+    /// Saturating, so that a miscount could only ever make the budget larger, never refuse everything.
+    fn untake_bytes(&self, bytes: u64) {
+        let _ = self.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(bytes)));
+    }
+
+    /// Bytes of the events holding a slot.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
     }
 
     pub fn resolved_total(&self) -> u64 {
@@ -98,8 +136,11 @@ impl QueueGauge {
         self.capacity.saturating_sub(self.slots.available_permits())
     }
 
+    /// The fuller of the two bounds, events or bytes, 0-1.
     pub fn utilization(&self) -> f64 {
-        self.depth() as f64 / self.capacity as f64
+        let events = self.depth() as f64 / self.capacity as f64;
+        let bytes = self.bytes() as f64 / self.max_bytes as f64;
+        events.max(bytes).min(1.0)
     }
 }
 
@@ -109,16 +150,22 @@ struct QueueCollector(Arc<QueueGauge>);
 impl Collector for QueueCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let q = &self.0;
-        let gauges: [(&str, &str, f64); 3] = [
+        let gauges: [(&str, &str, f64); 5] = [
             (
                 "ingest_queue_size",
                 "Events accepted and not yet resolved (queued, in the producer or retrying)",
                 q.depth() as f64,
             ),
             ("ingest_queue_capacity", "Capacity of the bounded ingest queue (QUEUE_SIZE)", q.capacity as f64),
+            ("ingest_queue_bytes", "Key and value bytes of the events in ingest_queue_size", q.bytes() as f64),
+            (
+                "ingest_queue_bytes_capacity",
+                "Byte capacity of the bounded ingest queue (QUEUE_MAX_BYTES)",
+                q.max_bytes as f64,
+            ),
             (
                 "ingest_queue_utilization",
-                "Fraction of the ingest queue in use, 0-1: the autoscaling signal",
+                "Fraction of the ingest queue in use (events or bytes, the fuller), 0-1: the autoscaling signal",
                 q.utilization(),
             ),
         ];
@@ -377,16 +424,17 @@ impl Metrics {
         self.0.events_rejected.get_or_create(&ReasonLabel { reason }).inc_by(n as u64);
     }
 
-    pub fn published(&self, since_receipt: std::time::Duration) {
+    /// An event (of `bytes`, see `event_bytes`) acknowledged by Kafka on its topic.
+    pub fn published(&self, since_receipt: std::time::Duration, bytes: u64) {
         self.0.events_published.inc();
         self.0.delivery_duration.observe(since_receipt.as_secs_f64());
-        self.resolved();
+        self.resolved(bytes);
     }
 
-    /// `n` events made durable in the spool: resolved as far as this process is concerned.
-    pub fn spooled(&self, n: usize) {
+    /// `n` events (`bytes` in all) made durable in the spool: resolved as far as this process is concerned.
+    pub fn spooled(&self, n: usize, bytes: u64) {
         self.0.events_spooled.inc_by(n as u64);
-        self.0.queue.release(n);
+        self.0.queue.release(n, bytes);
     }
 
     /// A spooled event acknowledged by Kafka on replay (it holds no queue slot).
@@ -421,19 +469,26 @@ impl Metrics {
 
     /// An event whose delivery was refused by the caller's wait (`ack=kafka`): the client was told, so
     /// it is resolved without a dead letter.
-    pub fn failed_and_reported(&self) {
+    pub fn failed_and_reported(&self, bytes: u64) {
         self.0.events_failed.inc();
-        self.resolved();
+        self.resolved(bytes);
     }
 
-    pub fn dead_lettered(&self) {
+    pub fn dead_lettered(&self, bytes: u64) {
         self.0.events_dead_lettered.inc();
-        self.resolved();
+        self.resolved(bytes);
     }
 
-    pub fn lost(&self, n: usize) {
+    /// `n` events (`bytes` in all) that could be neither delivered nor spooled.
+    pub fn lost(&self, n: usize, bytes: u64) {
         self.0.events_lost.inc_by(n as u64);
-        self.0.queue.release(n);
+        self.0.queue.release(n, bytes);
+    }
+
+    /// Every event still unresolved, counted lost (the end of a shutdown that could not spool them).
+    pub fn lost_pending(&self) {
+        let queue = &self.0.queue;
+        self.lost(queue.depth(), queue.bytes());
     }
 
     /// A spooled event (no queue slot) that could not be kept.
@@ -441,8 +496,8 @@ impl Metrics {
         self.0.events_lost.inc();
     }
 
-    fn resolved(&self) {
-        self.0.queue.release(1);
+    fn resolved(&self, bytes: u64) {
+        self.0.queue.release(1, bytes);
     }
 
     /// Events accepted and not yet resolved.
@@ -536,5 +591,28 @@ impl Metrics {
             let _ = writeln!(out, "# metrics encoding failed");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_is_bounded_by_events_and_by_bytes_whichever_fills_first() {
+        let q = QueueGauge::with_max_bytes(10, 1000);
+        assert!(q.try_take(2, 600));
+        assert!(!q.try_take(1, 500), "600 + 500 bytes is over the budget");
+        assert_eq!((q.depth(), q.bytes()), (2, 600), "a refused take leaves nothing behind");
+        assert!(q.try_take(1, 400));
+        assert_eq!(q.utilization(), 1.0, "the byte budget is full though 3 of 10 slots are taken");
+        q.release(1, 400);
+        assert!(q.try_take(8, 0));
+        assert!(!q.try_take(1, 0), "and the slots bound it too");
+        assert_eq!(q.utilization(), 1.0);
+        q.release(10, 600);
+        assert_eq!((q.depth(), q.bytes(), q.resolved_total()), (0, 0, 11));
+        q.give_back(0, 0);
+        assert_eq!(q.utilization(), 0.0);
     }
 }

@@ -3,7 +3,7 @@
 pub mod metrics;
 pub mod trace;
 
-pub use metrics::{HttpLabels, Metrics, QueueGauge};
+pub use metrics::{event_bytes, HttpLabels, Metrics, QueueGauge};
 pub use trace::TraceGuard;
 
 use tracing_subscriber::{fmt, prelude::*, EnvFilter, Layer};

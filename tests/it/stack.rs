@@ -112,6 +112,41 @@ async fn saturation_answers_503_fast_with_a_retry_after_that_follows_depth_while
     app.stop().await;
 }
 
+/// Large events fill the queue's byte budget (QUEUE_MAX_BYTES) before its event count: 503 once the
+/// budget is held, 413 for a request larger than the whole budget, and the bytes come back on delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_bounded_in_bytes_as_well_as_in_events() {
+    let (cluster, app) = app_with(&[("QUEUE_MAX_BYTES", "65536"), ("MAX_EVENT_BYTES", "65536")]).await;
+    cluster.set_round_trip_time(Duration::from_secs(3)).unwrap();
+    let url = format!("{}/events", app.http);
+    let big = || json!({"type": "t", "payload": "x".repeat(20_000)});
+    for _ in 0..3 {
+        assert_eq!(app.client.post(&url).json(&big()).send().await.unwrap().status(), 202);
+    }
+    let held = app.metric("ingest_queue_bytes").await;
+    assert!((60_000.0..=65_536.0).contains(&held), "3 events of 20 KB held: {held} bytes");
+    assert_eq!(app.metric("ingest_queue_size").await, 3.0, "3 of QUEUE_SIZE's 10,000 slots");
+
+    let r = app.client.post(&url).json(&big()).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "queue_full");
+    let r = app.client.post(&url).json(&json!([big(), big(), big(), big()])).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let body = r.json::<Value>().await.unwrap();
+    assert_eq!(body["code"], "batch_too_large");
+    assert!(body["detail"].as_str().unwrap().contains("QUEUE_MAX_BYTES"), "{body}");
+
+    cluster.set_round_trip_time(Duration::ZERO).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.metric("ingest_queue_bytes").await > 0.0 || app.metric("ingest_queue_size").await > 0.0 {
+        assert!(Instant::now() < deadline, "the queue's bytes were not given back on delivery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.metric("events_published_total").await, 3.0);
+    assert_eq!(app.client.post(&url).json(&big()).send().await.unwrap().status(), 202);
+    app.stop().await;
+}
+
 /// The keep-alive idle limit is its own setting: an idle connection outlives the header timeout, and is
 /// closed once idle past KEEPALIVE_TIMEOUT.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,7 @@ never appear here: they are secretKeyRefs in the Deployment.
   "KAFKA_DLQ_TOPIC" $v.kafka.dlqTopic
   "ACK_MODE" $v.ingest.ackMode
   "QUEUE_SIZE" ($v.ingest.queueSize | int64 | toString)
+  "QUEUE_MAX_BYTES" ($v.ingest.queueMaxBytes | int64 | toString)
   "WORKER_POOL_SIZE" ($v.ingest.workerPoolSize | int64 | toString)
   "RATE_LIMIT_RPS" ($v.ingest.rateLimitRps | int64 | toString)
   "RATE_LIMIT_BURST" ($v.ingest.rateLimitBurst | int64 | toString)
