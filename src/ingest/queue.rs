@@ -1,9 +1,10 @@
-//! The bounded ingest queue (`QUEUE_SIZE` events) and the `WORKER_POOL_SIZE` workers that drain it into
-//! the producer.
+//! The bounded ingest queue (`QUEUE_SIZE` events, `QUEUE_MAX_BYTES` bytes) and the `WORKER_POOL_SIZE` workers
+//! that drain it into the producer.
 //!
 //! A request's events travel as one job so that one worker sends them in order (per-key order within a
-//! request). Capacity is counted in events (see `QueueGauge`): an event holds its slot until it is
-//! resolved, so a slow broker fills the queue and clients hear 503 instead of the process growing.
+//! request). Capacity is counted in events and in their bytes (see `QueueGauge`): an event holds its slot
+//! until it is resolved, so a slow broker fills the queue and clients hear 503 instead of the process
+//! growing.
 //!
 //! Handing a job to librdkafka does not wait (except when its own buffer is full), so one awake worker
 //! keeps up with any request rate; waking a sleeping worker for every job cost more than the job (a task

@@ -28,8 +28,7 @@ use super::client_config::{client_config, ClientRole};
 use super::delivery::{error_code, is_retriable, DeliveryOutcome, DeliveryTicket, Destination};
 use super::spool::{Spool, SpoolRecord};
 use crate::config::KafkaSettings;
-use crate::telemetry::event_bytes;
-use crate::telemetry::Metrics;
+use crate::telemetry::{event_bytes, Metrics};
 
 /// A record whose delivery failed, copied out of librdkafka.
 #[derive(Debug)]
