@@ -446,6 +446,22 @@ fn parse_compare(args: &str) -> anyhow::Result<(Vec<Target>, LoadArgs, TargetArg
     }
 }
 
+/// A suite's compare arguments parsed; the options returned carry its `--service-env` on top of `opts`.
+fn suite_load(args: &str, opts: &TargetArgs) -> anyhow::Result<(Vec<Target>, LoadArgs, TargetArgs)> {
+    let (scenarios, load, suite_opts) = parse_compare(args)?;
+    let mut opts = opts.clone();
+    opts.service_env.extend(suite_opts.service_env);
+    Ok((scenarios, load, opts))
+}
+
+/// One closed-loop run of `full` with `def`'s load, when a rate-based suite needs its peak and the suite
+/// that measures it was not run first.
+async fn measure_peak(def: &SuiteDef, cfg: &SuiteConfig, opts: &TargetArgs) -> anyhow::Result<f64> {
+    let args = format!("{} --duration {} --warmup {}", def.args, fmt_duration(cfg.duration), fmt_duration(cfg.warmup));
+    let (_, load, opts) = suite_load(&args, opts)?;
+    Ok(run_scenario(Target::Full, &load, &opts, def.name, cfg.threads).await?.req_per_s)
+}
+
 pub async fn run_suites(names: &[String], cfg: &SuiteConfig, opts: &TargetArgs) -> anyhow::Result<SuiteResults> {
     let t0 = Instant::now();
     let started_at = now_rfc3339();
@@ -478,30 +494,13 @@ pub async fn run_suites(names: &[String], cfg: &SuiteConfig, opts: &TargetArgs) 
     let mut suites = Vec::new();
     for def in selected {
         if def.args.contains("{double_shed_peak}") && shed_peak.is_none() {
-            // Measure it now: one run of shed-peak's load.
             let shed = SUITES.iter().find(|s| s.name == SHED_PEAK_SUITE).expect("shed-peak suite");
-            let (_, load, suite_opts) = parse_compare(&format!(
-                "{} --duration {} --warmup {}",
-                shed.args,
-                fmt_duration(cfg.duration),
-                fmt_duration(cfg.warmup)
-            ))?;
-            let mut opts = opts.clone();
-            opts.service_env.extend(suite_opts.service_env);
-            shed_peak = Some(run_scenario(Target::Full, &load, &opts, "shed-peak", cfg.threads).await?.req_per_s);
+            shed_peak = Some(measure_peak(shed, cfg, opts).await?);
         }
         if (def.args.contains("{half_peak}") || def.args.contains("{double_peak}")) && peak.is_none() {
-            // Measure it now: one closed-loop run of the service with the single-queued load.
-            let (_, load, _) = parse_compare(&format!(
-                "{} --duration {} --warmup {}",
-                SUITES[0].args,
-                fmt_duration(cfg.duration),
-                fmt_duration(cfg.warmup)
-            ))?;
-            let r = run_scenario(Target::Full, &load, opts, "peak", cfg.threads).await?;
-            peak = Some(r.req_per_s);
-            peak_source =
-                format!("one closed-loop run of `full` with the single-queued load: {:.0} req/s", r.req_per_s);
+            let p = measure_peak(&SUITES[0], cfg, opts).await?;
+            peak = Some(p);
+            peak_source = format!("one closed-loop run of `full` with the single-queued load: {p:.0} req/s");
         }
         let args = suite_args(def, peak, shed_peak)?;
         let full_args = format!(
@@ -510,9 +509,7 @@ pub async fn run_suites(names: &[String], cfg: &SuiteConfig, opts: &TargetArgs) 
             fmt_duration(cfg.duration),
             fmt_duration(cfg.warmup)
         );
-        let (scenarios, load, suite_opts) = parse_compare(&full_args)?;
-        let mut opts = opts.clone();
-        opts.service_env.extend(suite_opts.service_env);
+        let (scenarios, load, opts) = suite_load(&full_args, opts)?;
         let command = format!("loadgen compare {full_args}");
         eprintln!("\n=== {} {} — {}\n=== {command}", def.row, def.name, def.title);
         let result =
