@@ -102,7 +102,7 @@ pub async fn replay_once(publisher: &Publisher, metrics: &Metrics, ack_wait: Dur
                     if let Err(r) = spool.resubmit(record) {
                         // It holds no queue slot any more, so only the log and the counter tell.
                         tracing::error!(id = %r.id, "replay failed and the spool is full; event lost");
-                        metrics.lost_after_spool();
+                        metrics.lost_after_spool(1);
                     }
                 }
             }

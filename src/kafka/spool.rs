@@ -435,9 +435,7 @@ impl Written {
     /// Counts these records lost, giving back the slots of those that held one.
     fn lost(&self, metrics: &Metrics) {
         metrics.lost(self.held, self.held_bytes);
-        for _ in 0..self.replayed {
-            metrics.lost_after_spool();
-        }
+        metrics.lost_after_spool(self.replayed);
     }
 }
 

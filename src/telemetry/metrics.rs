@@ -106,8 +106,7 @@ impl QueueGauge {
 
     /// Gives back `n` slots of resolved events holding `bytes`.
     pub fn release(&self, n: usize, bytes: u64) {
-        self.untake_bytes(bytes);
-        self.slots.add_permits(n);
+        self.give_back(n, bytes);
         self.resolved.fetch_add(n as u64, Ordering::Relaxed);
     }
 
@@ -491,9 +490,9 @@ impl Metrics {
         self.lost(queue.depth(), queue.bytes());
     }
 
-    /// A spooled event (no queue slot) that could not be kept.
-    pub fn lost_after_spool(&self) {
-        self.0.events_lost.inc();
+    /// `n` spooled events (no queue slot) that could not be kept.
+    pub fn lost_after_spool(&self, n: usize) {
+        self.0.events_lost.inc_by(n as u64);
     }
 
     fn resolved(&self, bytes: u64) {
