@@ -37,6 +37,8 @@ pub struct LoadSpec {
     pub warmup: Duration,
     pub timeout: Duration,
     pub ack: Option<Ack>,
+    /// Worker threads of a runtime of the load's own; None: the caller's runtime.
+    pub threads: Option<usize>,
     /// Prefix of the progress lines.
     pub label: String,
     pub quiet: bool,
@@ -179,6 +181,18 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
+/// A runtime of the load's own, shut down without blocking when dropped (it is dropped inside another
+/// runtime, where a plain drop would panic); connections still open close with it.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// Runs the load against `url` and returns what the client saw.
 pub async fn run_http(url: &str, payloads: Arc<Payloads>, spec: &LoadSpec) -> anyhow::Result<LoadOutcome> {
     let (host, port, path) = parse_url(url, spec.ack)?;
@@ -211,9 +225,26 @@ pub async fn run_http(url: &str, payloads: Arc<Payloads>, spec: &LoadSpec) -> an
     let stop = Arc::new(AtomicBool::new(false));
     let progress = (!spec.quiet).then(|| tokio::spawn(report_progress(ctx.clone(), stop.clone())));
 
+    // The connections' tasks (and the hyper connection tasks they spawn) run on the load's own runtime
+    // when it has one; their handles are awaited from this one.
+    let own_runtime = match spec.threads {
+        Some(n) => Some(OwnRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .thread_name("loadgen-load")
+                .enable_all()
+                .build()
+                .context("the load's runtime")?,
+        ))),
+        None => None,
+    };
+    let runtime = match own_runtime.as_ref().and_then(|r| r.0.as_ref()) {
+        Some(rt) => rt.handle().clone(),
+        None => tokio::runtime::Handle::current(),
+    };
     let mut handles = Vec::with_capacity(spec.connections);
     for _ in 0..spec.connections.max(1) {
-        handles.push(tokio::spawn(worker(ctx.clone())));
+        handles.push(runtime.spawn(worker(ctx.clone())));
     }
     let mut all = WorkerStats::new();
     for h in handles {
@@ -247,6 +278,7 @@ pub async fn run_http(url: &str, payloads: Arc<Payloads>, spec: &LoadSpec) -> an
     if let Some(p) = progress {
         p.abort();
     }
+    drop(own_runtime);
 
     let batch = payloads.batch as u64;
     let seq_space = all.max_index * batch;

@@ -140,6 +140,11 @@ pub struct LoadArgs {
     /// Per-request timeout.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     pub timeout: Duration,
+    /// Worker threads that send this load, on a runtime of their own (default: loadgen's `--threads`).
+    /// Hundreds of connections at a high rate need more than one, or the answers wait for loadgen's own
+    /// thread to read them and its queueing shows up in the latencies.
+    #[arg(long)]
+    pub load_threads: Option<usize>,
 }
 
 /// Where the target and the broker are, and how a run is checked.

@@ -541,7 +541,7 @@ pub fn suite_markdown(r: &SuiteResults) -> String {
     );
     let _ = writeln!(
         s,
-        "- **Runs**: {} s each ({} s warm-up not measured), {} repeats, scenarios alternating; loadgen runtime {} worker thread(s); service `{}` with RATE_LIMIT_RPS=0 and otherwise default settings (QUEUE_SIZE 10000, WORKER_POOL_SIZE 10){}",
+        "- **Runs**: {} s each ({} s warm-up not measured), {} repeats, scenarios alternating; loadgen sends from {} thread(s) unless a row says otherwise; service `{}` with RATE_LIMIT_RPS=0 and otherwise default settings (QUEUE_SIZE 10000, WORKER_POOL_SIZE 10){}",
         r.duration_s, r.warmup_s, r.repeats, r.loadgen_threads, r.service_bin,
         if r.quick { " — **--quick: short runs, for checking the harness, not for the record**" } else { "" }
     );

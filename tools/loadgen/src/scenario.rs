@@ -94,6 +94,7 @@ pub fn load_spec(load: &LoadArgs, label: &str, quiet: bool) -> LoadSpec {
         warmup,
         timeout: load.timeout,
         ack: load.ack,
+        threads: load.load_threads.map(|n| n.max(1)),
         label: label.to_string(),
         quiet,
     }
@@ -352,7 +353,7 @@ pub async fn run_scenario(
         gzip: load.gzip,
         ack: load.ack.map(|a| a.name().to_string()),
         payload_bytes: load.payload_bytes,
-        loadgen_threads: threads,
+        loadgen_threads: spec.threads.unwrap_or(threads),
         requests_sent: outcome.requests_sent,
         responses: outcome.responses,
         ok_2xx: outcome.ok_2xx,

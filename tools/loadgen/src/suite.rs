@@ -318,14 +318,14 @@ pub const SUITES: &[SuiteDef] = &[
     SuiteDef {
         name: "shed-peak",
         row: "(g)",
-        title: "single events, ack=kafka, MAX_CONCURRENT_REQUESTS=64, 64 connections, closed loop (the peak of a service whose limit is its concurrency limit)",
-        args: "--scenarios full --connections 64 --batch 1 --ack kafka --service-env MAX_CONCURRENT_REQUESTS=64",
+        title: "single events, ack=kafka, MAX_CONCURRENT_REQUESTS=64, 64 connections, closed loop, loadgen sending from 2 threads (the peak of a service whose limit is its concurrency limit)",
+        args: "--scenarios full --connections 64 --batch 1 --ack kafka --load-threads 2 --service-env MAX_CONCURRENT_REQUESTS=64",
     },
     SuiteDef {
         name: "overload-shed",
         row: "(g)",
-        title: "as shed-peak, open loop at 2× its peak, 512 connections: the excess is shed (503 overloaded)",
-        args: "--scenarios full --connections 512 --batch 1 --ack kafka --rate {double_shed_peak} --timeout 5s --service-env MAX_CONCURRENT_REQUESTS=64",
+        title: "as shed-peak, open loop at 2× its peak, 512 connections: the excess is shed (503 overloaded); 2 sending threads, so that answers do not queue behind one busy client thread",
+        args: "--scenarios full --connections 512 --batch 1 --ack kafka --rate {double_shed_peak} --timeout 5s --load-threads 2 --service-env MAX_CONCURRENT_REQUESTS=64",
     },
 ];
 
@@ -571,5 +571,7 @@ mod tests {
         assert!(suite_args(shed, Some(10_000.0), None).is_err(), "the shed overload needs its own peak");
         let (_, _, o) = parse_compare(SUITES.iter().find(|s| s.name == "batch-ndjson-q1k").unwrap().args).unwrap();
         assert_eq!(o.service_env, ["QUEUE_SIZE=1000"]);
+        let (_, load, _) = parse_compare(SUITES.iter().find(|s| s.name == "shed-peak").unwrap().args).unwrap();
+        assert_eq!(load.load_threads, Some(2), "the shed pair sends from 2 threads");
     }
 }
