@@ -1,8 +1,7 @@
 //! The HTTP load engine: N keep-alive HTTP/1.1 connections (one hyper client connection each, so the
 //! connection count is exact), closed-loop (as fast as answers come back) or open-loop (`--rate`: request
 //! `i` is due at `start + i/rate`, and its latency is measured from that intended time, so a stalled
-//! server is charged for the requests it kept waiting — no coordinated omission). In open loop a pacer
-//! thread releases requests as they fall due (see [`pace`]).
+//! server is charged for the requests it kept waiting — no coordinated omission).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -96,42 +95,7 @@ struct Ctx {
     end: Instant,
     warmup_end: Instant,
     next: AtomicU64,
-    /// Open loop: one permit per request that has fallen due, released by [`pace`].
-    due: tokio::sync::Semaphore,
     progress: Progress,
-}
-
-/// How many requests have fallen due `elapsed` into an open-loop run: request i is due at i / rate.
-fn due_by(elapsed: Duration, rate: f64, last: u64) -> u64 {
-    ((elapsed.as_secs_f64() * rate) as u64).saturating_add(1).min(last)
-}
-
-/// How often the pacer releases the requests that fell due since its last round, at most.
-const PACER_TICK: Duration = Duration::from_micros(250);
-
-/// Open loop: releases one permit of `ctx.due` per request as its intended time passes, from a thread of
-/// its own that sleeps until the next request is due, but at least [`PACER_TICK`]. The connections used to
-/// sleep on tokio's timer, which fires on whole milliseconds: a request went out up to 1 ms after its
-/// intended time (all of a millisecond's requests in one burst), and that lateness counted as the target's
-/// latency. At the end it releases one permit per connection more: each takes an index past the end and
-/// stops.
-fn pace(ctx: &Ctx, rate: f64) {
-    let last = ctx.spec.count.unwrap_or(u64::MAX);
-    let mut released = 0u64;
-    loop {
-        let now = Instant::now();
-        let due = due_by(now.min(ctx.end).saturating_duration_since(ctx.start), rate, last);
-        if due > released {
-            ctx.due.add_permits((due - released) as usize);
-            released = due;
-        }
-        if now >= ctx.end || released >= last {
-            ctx.due.add_permits(ctx.spec.connections.max(1));
-            return;
-        }
-        let next = ctx.start + Duration::from_secs_f64(released as f64 / rate);
-        std::thread::sleep(next.max(now + PACER_TICK).min(ctx.end) - now);
-    }
 }
 
 struct WorkerStats {
@@ -255,13 +219,8 @@ pub async fn run_http(url: &str, payloads: Arc<Payloads>, spec: &LoadSpec) -> an
         end: start + spec.duration,
         warmup_end: start + warmup,
         next: AtomicU64::new(0),
-        due: tokio::sync::Semaphore::new(0),
         progress: Progress::default(),
     });
-    if let Some(rate) = spec.rate {
-        let ctx = ctx.clone();
-        std::thread::Builder::new().name("loadgen-pacer".into()).spawn(move || pace(&ctx, rate))?;
-    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let progress = (!spec.quiet).then(|| tokio::spawn(report_progress(ctx.clone(), stop.clone())));
@@ -361,13 +320,6 @@ async fn worker(ctx: Arc<Ctx>) -> WorkerStats {
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
     let batch = ctx.payloads.batch as u64;
     loop {
-        if ctx.spec.rate.is_some() {
-            // A request that fell due (its index is taken below): its intended time has passed.
-            match ctx.due.acquire().await {
-                Ok(permit) => permit.forget(),
-                Err(_) => break,
-            }
-        }
         let i = ctx.next.fetch_add(1, Ordering::Relaxed);
         if ctx.spec.count.is_some_and(|c| i >= c) {
             break;
@@ -378,6 +330,9 @@ async fn worker(ctx: Arc<Ctx>) -> WorkerStats {
         };
         if intended >= ctx.end {
             break;
+        }
+        if ctx.spec.rate.is_some() {
+            tokio::time::sleep_until(intended.into()).await;
         }
 
         // A connection that the server closed is replaced before the request, not counted as an error.
@@ -540,16 +495,6 @@ async fn report_progress(ctx: Arc<Ctx>, stop: Arc<AtomicBool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn requests_fall_due_at_their_intended_time_and_no_more_than_the_count() {
-        let ms = Duration::from_millis;
-        assert_eq!(due_by(Duration::ZERO, 1000.0, u64::MAX), 1, "request 0 is due at the start");
-        assert_eq!(due_by(ms(1) - Duration::from_nanos(1), 1000.0, u64::MAX), 1);
-        assert_eq!(due_by(ms(1), 1000.0, u64::MAX), 2);
-        assert_eq!(due_by(ms(2500), 12_700.0, u64::MAX), 31_751);
-        assert_eq!(due_by(ms(2500), 12_700.0, 500), 500);
-    }
 
     #[test]
     fn urls() {
