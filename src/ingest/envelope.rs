@@ -205,16 +205,22 @@ pub fn parse_event(json: &str, now: OffsetDateTime, limits: &EventLimits) -> Res
     // errors. Both fill the same members, validated in one place.
     match scan::envelope(json) {
         Some((members, _)) => validate(members, now, limits),
-        None => validate(
-            serde_json::from_str::<Wire<'_>>(json).map_err(|e| classify_wire_error(&e, json))?.into(),
-            now,
-            limits,
-        ),
+        None => parse_event_with_serde(json, now, limits),
     }
 }
 
+/// `parse_event` for a text the fast path turned down (`parse_ordinary_event` gave `None`): serde alone,
+/// without scanning the text a second time.
+pub(crate) fn parse_event_with_serde(
+    json: &str,
+    now: OffsetDateTime,
+    limits: &EventLimits,
+) -> Result<Event, EventError> {
+    validate(serde_json::from_str::<Wire<'_>>(json).map_err(|e| classify_wire_error(&e, json))?.into(), now, limits)
+}
+
 /// `parse_event` for an ordinary envelope (see `scan::envelope`), with how deep it nests as `check_depth`
-/// counts it; `None` for any other text, which must then pass `check_depth` before `parse_event`.
+/// counts it; `None` for any other text, which must then pass `check_depth` before `parse_event_with_serde`.
 pub(crate) fn parse_ordinary_event(
     json: &str,
     now: OffsetDateTime,
