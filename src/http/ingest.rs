@@ -43,11 +43,11 @@ fn ack_mode(uri: &Uri, default: AckMode) -> Result<AckMode, ApiError> {
 }
 
 /// Reads the whole body, refusing early when it is (or announces itself as) larger than `limit`.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     let too_large =
         || ApiError::too_large("body_too_large", format!("the request body exceeds {limit} bytes (MAX_BODY_BYTES)"));
-    let announced =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    // The announced length (Content-Length), as hyper parsed it.
+    let announced = axum::body::HttpBody::size_hint(&body).exact();
     if announced.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -194,7 +194,7 @@ async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Respon
             state.queue.retry_after_secs(1),
         ));
     }
-    let bytes = read_body_within(&state, &parts.headers, body).await?;
+    let bytes = read_body_within(&state, body).await?;
     let taken = accept(&state, &topic, &parts, &meta, &bytes, Received { at: received_at, now, mode })?;
     match taken {
         Taken::Answered(response) => Ok(response),
@@ -212,8 +212,8 @@ struct Received {
 
 /// The body within `BODY_READ_TIMEOUT`. A body already buffered (most small requests) is taken without
 /// arming a timer.
-async fn read_body_within(state: &AppState, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
-    let mut read = std::pin::pin!(read_body(headers, body, state.limits.max_body_bytes));
+async fn read_body_within(state: &AppState, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let mut read = std::pin::pin!(read_body(body, state.limits.max_body_bytes));
     let first = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
         Poll::Ready(done) => Poll::Ready(Some(done)),
         Poll::Pending => Poll::Ready(None),

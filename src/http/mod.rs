@@ -250,11 +250,16 @@ fn stack(routes: impl IngestService, state: AppState, settings: &Settings) -> im
 }
 
 fn server_span(req: &Request, sampler: &crate::telemetry::trace::HeadSampler, beacon_path: &str) -> tracing::Span {
-    let id = req.headers().get(&layers::X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let id = || req.headers().get(&layers::X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !sampler.sample(req.headers()) {
-        // Not traced: only a DEBUG span carrying the request id for debug logs (free at INFO).
-        return tracing::debug_span!("request", method = %req.method(), request_id = %id);
+        // Not traced: a DEBUG span carrying the request id for debug logs, and above DEBUG no span at all
+        // (a disabled span still checks for a `log` logger whenever it is entered, left or closed).
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return tracing::Span::none();
+        }
+        return tracing::debug_span!("request", method = %req.method(), request_id = %id());
     }
+    let id = id();
     let route = layers::route_label(req.uri().path(), beacon_path);
     let span = tracing::info_span!(
         "request",
