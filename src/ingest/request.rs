@@ -117,24 +117,28 @@ fn encoding(header: Option<&str>) -> Result<Encoding, RequestError> {
 
 /// The framing for `meta`, or 415.
 pub fn framing(meta: &BodyMeta<'_>) -> Result<Framing, RequestError> {
+    // The media type before any parameters, compared without case and without copying it.
     let mime =
-        meta.content_type.map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase()).unwrap_or_default();
-    match mime.as_str() {
-        "application/cloudevents+json" => return Ok(Framing::CloudEvent),
-        "application/cloudevents-batch+json" => return Ok(Framing::CloudEventBatch),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-jsonlines" => {
-            return Ok(Framing::Ndjson)
-        }
-        _ => {}
+        meta.content_type.map_or("", |ct| ct[..memchr::memchr(b';', ct.as_bytes()).unwrap_or(ct.len())].trim_ascii());
+    let is = |names: &[&str]| names.iter().any(|name| mime.eq_ignore_ascii_case(name));
+    if is(&["application/cloudevents+json"]) {
+        return Ok(Framing::CloudEvent);
+    }
+    if is(&["application/cloudevents-batch+json"]) {
+        return Ok(Framing::CloudEventBatch);
+    }
+    if is(&["application/x-ndjson", "application/ndjson", "application/jsonl", "application/x-jsonlines"]) {
+        return Ok(Framing::Ndjson);
     }
     if meta.ce_headers.iter().any(|(k, _)| k == "specversion") {
         return Ok(Framing::CloudEventBinary);
     }
-    match mime.as_str() {
-        // `curl -d` sends form-urlencoded, `navigator.sendBeacon` text/plain, and the Go service read any
-        // body as JSON: keep those working.
-        "" | "application/json" | "application/x-www-form-urlencoded" | "text/plain" => Ok(Framing::Json),
-        other => Err(RequestError::UnsupportedMediaType(other.to_string())),
+    // `curl -d` sends form-urlencoded, `navigator.sendBeacon` text/plain, and the Go service read any body
+    // as JSON: keep those working.
+    if is(&["", "application/json", "application/x-www-form-urlencoded", "text/plain"]) {
+        Ok(Framing::Json)
+    } else {
+        Err(RequestError::UnsupportedMediaType(mime.to_ascii_lowercase()))
     }
 }
 
@@ -542,6 +546,25 @@ mod tests {
         assert_eq!(e.payload.get(), r#""hello""#);
         assert_eq!(e.headers.get("ce_traceid"), Some("x"));
         assert_eq!(e.headers.get("ce_datacontenttype"), Some("text/plain"));
+    }
+
+    #[test]
+    fn the_media_type_decides_the_framing_whatever_its_case_and_parameters() {
+        for (content_type, expected) in [
+            ("application/json", Framing::Json),
+            (" Application/JSON ; charset=utf-8", Framing::Json),
+            ("text/plain;charset=UTF-8", Framing::Json),
+            ("APPLICATION/X-NDJSON", Framing::Ndjson),
+            ("application/jsonl; x=y", Framing::Ndjson),
+            ("application/cloudevents+json; charset=utf-8", Framing::CloudEvent),
+            ("Application/CloudEvents-Batch+JSON", Framing::CloudEventBatch),
+        ] {
+            assert_eq!(framing(&meta(content_type)).unwrap(), expected, "{content_type}");
+        }
+        assert_eq!(
+            framing(&meta("Application/XML; charset=utf-8")).unwrap_err(),
+            RequestError::UnsupportedMediaType("application/xml".into())
+        );
     }
 
     #[test]
