@@ -188,29 +188,29 @@ pub fn parse_request(
         check_depth(text.as_bytes(), limits.max_depth).map_err(|_| RequestError::TooDeep { limit: limits.max_depth })
     };
     let el = &limits.event;
+    let single = matches!(framing, Framing::Json | Framing::CloudEvent) && !text.trim_start().starts_with('[');
+    // An ordinary single envelope's nesting is measured by the fast path that parses it, as an NDJSON
+    // line's is: no separate pass over the text (a sixteenth of a request's instructions). NDJSON checks
+    // its lines itself; everything else passes `check_depth` before serde sees it.
+    let ordinary = (single && framing == Framing::Json)
+        .then(|| parse_ordinary_event(text, now, el))
+        .flatten()
+        .filter(|&(_, nesting)| nesting <= limits.max_depth);
+    if ordinary.is_none() && framing != Framing::Ndjson {
+        within_depth()?;
+    }
     match framing {
         Framing::CloudEventBinary => {
-            within_depth()?;
             binary_cloud_event(meta, text, now).map(Parsed::Single).map_err(RequestError::InvalidEvent)
         }
-        Framing::Json | Framing::CloudEvent if !text.trim_start().starts_with('[') => {
+        Framing::Json | Framing::CloudEvent if single => {
             if text.trim().is_empty() {
                 return Err(RequestError::Empty);
             }
-            let event = match framing {
-                // An ordinary envelope's nesting is measured by the fast path that parses it, as for an
-                // NDJSON line: no separate pass over the text (a sixteenth of a request's instructions).
-                Framing::Json => match parse_ordinary_event(text, now, el) {
-                    Some((event, nesting)) if nesting <= limits.max_depth => event,
-                    _ => {
-                        within_depth()?;
-                        parse_event_with_serde(text, now, el)
-                    }
-                },
-                _ => {
-                    within_depth()?;
-                    structured_cloud_event(text, now, el)
-                }
+            let event = match ordinary {
+                Some((event, _)) => event,
+                None if framing == Framing::Json => parse_event_with_serde(text, now, el),
+                None => structured_cloud_event(text, now, el),
             };
             event.map(Parsed::Single).map_err(|e| match e.code {
                 "malformed_json" => malformed(text),
@@ -218,7 +218,6 @@ pub fn parse_request(
             })
         }
         Framing::Json | Framing::CloudEvent | Framing::CloudEventBatch => {
-            within_depth()?;
             if text.trim().is_empty() {
                 return Err(RequestError::Empty);
             }
