@@ -181,8 +181,8 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
-/// A runtime of the load's own, shut down without blocking when dropped (it is dropped inside another
-/// runtime, where a plain drop would panic); connections still open close with it.
+/// The load's own runtime, if it has one: shut down without blocking when dropped (it is dropped inside
+/// another runtime, where a plain drop would panic); connections still open close with it.
 struct OwnRuntime(Option<tokio::runtime::Runtime>);
 
 impl Drop for OwnRuntime {
@@ -227,21 +227,19 @@ pub async fn run_http(url: &str, payloads: Arc<Payloads>, spec: &LoadSpec) -> an
 
     // The connections' tasks (and the hyper connection tasks they spawn) run on the load's own runtime
     // when it has one; their handles are awaited from this one.
-    let own_runtime = match spec.threads {
-        Some(n) => Some(OwnRuntime(Some(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(n)
-                .thread_name("loadgen-load")
-                .enable_all()
-                .build()
-                .context("the load's runtime")?,
-        ))),
-        None => None,
-    };
-    let runtime = match own_runtime.as_ref().and_then(|r| r.0.as_ref()) {
-        Some(rt) => rt.handle().clone(),
-        None => tokio::runtime::Handle::current(),
-    };
+    let own_runtime = OwnRuntime(
+        spec.threads
+            .map(|n| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(n)
+                    .thread_name("loadgen-load")
+                    .enable_all()
+                    .build()
+                    .context("the load's runtime")
+            })
+            .transpose()?,
+    );
+    let runtime = own_runtime.0.as_ref().map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
     let mut handles = Vec::with_capacity(spec.connections);
     for _ in 0..spec.connections.max(1) {
         handles.push(runtime.spawn(worker(ctx.clone())));
