@@ -4,18 +4,23 @@
 //!
 //! hyper's own `header_read_timeout` starts whenever a connection waits for its next request, so it
 //! would also be the keep-alive limit. Instead each connection carries a [`ConnClock`]: its socket reads
-//! and its requests move it between *waiting for a request head*, *busy* and *idle*, and a watchdog
-//! closes it when the phase's limit runs out — abruptly for an unfinished head (a slow or malicious
-//! client), gracefully for an idle connection (a request arriving in the race is still answered).
+//! and its requests move it between *waiting for a request head*, *busy* and *idle*, and one watchdog
+//! task for all connections ([`Watchdog`]) closes a connection when its phase's limit runs out —
+//! abruptly for an unfinished head (a slow or malicious client), gracefully for an idle connection (a
+//! request arriving in the race is still answered) — and drains them all at shutdown. A connection's
+//! own task only looks at one flag when it wakes: no timer and no shutdown signal of its own to poll.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use futures_util::task::AtomicWaker;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -61,6 +66,8 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let connections = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let watchdog = Arc::new(Watchdog::new(limits));
+    let watching = tokio::spawn(watchdog.clone().run(stop.clone()));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -80,7 +87,8 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let clock = Arc::new(ConnClock::new());
+        let watched = watchdog.watch();
+        let clock = watched.clock.clone();
         let (on_request, on_response) = (clock.clone(), clock.clone());
         let service = app
             .clone()
@@ -97,30 +105,32 @@ pub async fn serve(
             });
         let io = TokioIo::new(ClockedIo { stream, clock: clock.clone() });
         let builder = builder.clone();
-        let (metrics, stop) = (metrics.clone(), stop.clone());
+        let metrics = metrics.clone();
         metrics.connection_opened();
         connections.spawn(async move {
             let connection = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
             let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                expired = clock.expiry(limits) => match expired {
+            let mut draining = false;
+            let result = std::future::poll_fn(|cx| {
+                // Registered before the order is read, so that an order given after the read wakes us.
+                clock.waker.register(cx.waker());
+                match clock.order.load(Ordering::Acquire) {
                     // A head that did not arrive in time: the client is slow or hostile; just close.
-                    Expiry::Head => Ok(()),
-                    // Idle: close once nothing is in progress (hyper closes an idle connection at once).
-                    Expiry::Idle => {
+                    CLOSE => return Poll::Ready(Ok(())),
+                    // Idle too long, or shutting down: close once the request in progress (if any) is answered.
+                    DRAIN if !draining => {
+                        draining = true;
                         connection.as_mut().graceful_shutdown();
-                        connection.as_mut().await
                     }
-                },
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.as_mut().await
+                    _ => {}
                 }
-            };
+                connection.as_mut().poll(cx)
+            })
+            .await;
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(watched);
             metrics.connection_closed();
             drop(slot);
         });
@@ -128,20 +138,112 @@ pub async fn serve(
     drop(listener);
     connections.close();
     connections.wait().await;
+    watching.abort();
 }
 
-/// Which limit ran out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expiry {
-    Head,
-    Idle,
+/// No order: serve on.
+const RUN: u8 = 0;
+/// Close gracefully: finish the request in progress, take no new one.
+const DRAIN: u8 = 1;
+/// Close now.
+const CLOSE: u8 = 2;
+
+/// Every open connection's clock, looked at by one task every `period` (a tenth of the shorter of the
+/// two limits, between 10 ms and 1 s).
+///
+/// Time is counted in the watchdog's ticks, which are at least `period` apart: a connection stamps its
+/// phase changes with the current tick (an atomic load instead of a clock read on every request), and a
+/// phase that began at tick `t` has lasted at least `(now - t - 1) × period` at tick `now`. So a limit
+/// is never cut short, and is overrun by at most two periods (plus any lateness of the watchdog itself).
+struct Watchdog {
+    limits: ConnectionLimits,
+    period: Duration,
+    tick: Arc<AtomicU64>,
+    open: Mutex<Open>,
 }
 
-/// A connection's phase and when it began, in one atomic: bits 0-31 requests in progress, bit 32 "bytes of
-/// a new request head have arrived", bits 33-63 milliseconds since the connection opened.
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    clocks: HashMap<u64, Arc<ConnClock>>,
+    /// Set at shutdown: a connection registered from then on is told to drain at once.
+    draining: bool,
+}
+
+/// A connection's registration with the watchdog; dropping it deregisters.
+struct Watched {
+    id: u64,
+    clock: Arc<ConnClock>,
+    watchdog: Arc<Watchdog>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.watchdog.lock().clocks.remove(&self.id);
+    }
+}
+
+impl Watchdog {
+    fn new(limits: ConnectionLimits) -> Self {
+        let period = (limits.header_read_timeout.min(limits.keepalive_timeout) / 10)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        Watchdog { limits, period, tick: Arc::new(AtomicU64::new(1)), open: Mutex::new(Open::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
+        // Nothing panics while holding the lock; the map is consistent whatever happened.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new connection, waiting for its first request head from now.
+    fn watch(self: &Arc<Self>) -> Watched {
+        let clock = Arc::new(ConnClock::new(self.tick.clone()));
+        let mut open = self.lock();
+        if open.draining {
+            clock.order.store(DRAIN, Ordering::Release);
+        }
+        let id = open.next_id;
+        open.next_id += 1;
+        open.clocks.insert(id, clock.clone());
+        Watched { id, clock, watchdog: self.clone() }
+    }
+
+    /// Looks at every connection each period; at `stop`, tells them all to drain, and goes on cutting
+    /// off unfinished heads until the accept loop is done waiting for them.
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(self.period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stopped = false;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = stop.cancelled(), if !stopped => {
+                    stopped = true;
+                    let mut open = self.lock();
+                    open.draining = true;
+                    for clock in open.clocks.values() {
+                        clock.give(DRAIN);
+                    }
+                    continue;
+                }
+            }
+            let now = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+            for clock in self.lock().clocks.values() {
+                if let Some(order) = clock.expired(now, self.period, self.limits) {
+                    clock.give(order);
+                }
+            }
+        }
+    }
+}
+
+/// A connection's phase and the watchdog tick it began at, in one atomic: bits 0-31 requests in progress,
+/// bit 32 "bytes of a new request head have arrived", bits 33-63 the tick; and the watchdog's order.
 struct ConnClock {
-    opened: Instant,
     state: AtomicU64,
+    tick: Arc<AtomicU64>,
+    order: AtomicU8,
+    waker: AtomicWaker,
 }
 
 const BUSY_MASK: u64 = 0xffff_ffff;
@@ -150,19 +252,20 @@ const SINCE_SHIFT: u32 = 33;
 
 impl ConnClock {
     /// A new connection waits for its first request head.
-    fn new() -> Self {
-        Self { opened: Instant::now(), state: AtomicU64::new(HEAD_BIT) }
+    fn new(tick: Arc<AtomicU64>) -> Self {
+        let state = AtomicU64::new(HEAD_BIT | (tick.load(Ordering::Relaxed) << SINCE_SHIFT));
+        Self { state, tick, order: AtomicU8::new(RUN), waker: AtomicWaker::new() }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.opened.elapsed().as_millis() as u64
+    fn now(&self) -> u64 {
+        self.tick.load(Ordering::Relaxed)
     }
 
     /// Bytes arrived: if the connection was idle, a new request head has begun.
     fn bytes_read(&self) {
         let state = self.state.load(Ordering::Relaxed);
         if state & (BUSY_MASK | HEAD_BIT) == 0 {
-            let head = HEAD_BIT | (self.now_ms() << SINCE_SHIFT);
+            let head = HEAD_BIT | (self.now() << SINCE_SHIFT);
             let _ = self.state.compare_exchange(state, head, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
@@ -174,35 +277,31 @@ impl ConnClock {
 
     /// The last request in progress answered: idle from now.
     fn request_finished(&self) {
-        let now = self.now_ms();
+        let now = self.now();
         let _ = self.state.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
             let busy = (s & BUSY_MASK).saturating_sub(1);
             Some(if busy == 0 { now << SINCE_SHIFT } else { (s & !BUSY_MASK) | busy })
         });
     }
 
-    /// Resolves when the current phase outlives its limit.
-    async fn expiry(&self, limits: ConnectionLimits) -> Expiry {
-        loop {
-            let state = self.state.load(Ordering::Relaxed);
-            let since = Duration::from_millis(state >> SINCE_SHIFT);
-            let (limit, expiry) = match (state & BUSY_MASK, state & HEAD_BIT != 0) {
-                // A request in progress has its own body and request timeouts; look again later.
-                (busy, _) if busy > 0 => (Duration::ZERO, None),
-                (_, true) => (limits.header_read_timeout, Some(Expiry::Head)),
-                (_, false) => (limits.keepalive_timeout, Some(Expiry::Idle)),
-            };
-            let wake = match expiry {
-                Some(expiry) => {
-                    let deadline = self.opened + since + limit;
-                    if Instant::now() >= deadline {
-                        return expiry;
-                    }
-                    deadline
-                }
-                None => Instant::now() + limits.header_read_timeout.min(limits.keepalive_timeout),
-            };
-            tokio::time::sleep_until(wake.into()).await;
+    /// The order for a connection whose phase has outlived its limit at tick `now`, if it has.
+    fn expired(&self, now: u64, period: Duration, limits: ConnectionLimits) -> Option<u8> {
+        let state = self.state.load(Ordering::Relaxed);
+        let (limit, order) = match (state & BUSY_MASK, state & HEAD_BIT != 0) {
+            // A request in progress has its own body and request timeouts.
+            (busy, _) if busy > 0 => return None,
+            (_, true) => (limits.header_read_timeout, CLOSE),
+            (_, false) => (limits.keepalive_timeout, DRAIN),
+        };
+        let ticks = now.saturating_sub((state >> SINCE_SHIFT) + 1).min(u32::MAX.into()) as u32;
+        let lasted = period.saturating_mul(ticks);
+        (lasted >= limit).then_some(order)
+    }
+
+    /// Tells the connection's task to close (a stronger order replaces a weaker one) and wakes it.
+    fn give(&self, order: u8) {
+        if self.order.fetch_max(order, Ordering::AcqRel) < order {
+            self.waker.wake();
         }
     }
 }
@@ -257,9 +356,18 @@ pub type Peer = ConnectInfo<SocketAddr>;
 mod tests {
     use super::*;
 
+    fn limits(header: u64, idle: u64) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_millis(header),
+            keepalive_timeout: Duration::from_millis(idle),
+            max_connections: 10,
+            peer_addresses: false,
+        }
+    }
+
     #[test]
     fn phases_follow_reads_and_requests() {
-        let clock = ConnClock::new();
+        let clock = ConnClock::new(Arc::new(AtomicU64::new(1)));
         let phase = |c: &ConnClock| {
             let s = c.state.load(Ordering::Relaxed);
             (s & BUSY_MASK, s & HEAD_BIT != 0)
@@ -275,5 +383,73 @@ mod tests {
         assert_eq!(phase(&clock), (0, false), "idle");
         clock.bytes_read();
         assert_eq!(phase(&clock), (0, true), "bytes while idle begin a head");
+    }
+
+    /// Counted in watchdog ticks (here 100 ms apart), a limit is never cut short and is overrun by at
+    /// most two ticks; a busy connection is left to its request timeouts.
+    #[test]
+    fn a_phase_expires_after_its_limit_never_before() {
+        let limits = limits(1_000, 3_000);
+        let period = Duration::from_millis(100);
+        let tick = Arc::new(AtomicU64::new(5));
+        let clock = ConnClock::new(tick.clone());
+        // The head began somewhere within tick 5; at tick 15 it may have lasted only 900 ms.
+        let first_close = (6..40).find(|&now| clock.expired(now, period, limits).is_some()).unwrap();
+        assert_eq!(first_close, 16, "a head gets 1 s, counted from the end of the tick it began in");
+        assert_eq!(clock.expired(16, period, limits), Some(CLOSE));
+
+        clock.request_started();
+        assert_eq!(clock.expired(1_000, period, limits), None, "busy: not the watchdog's business");
+        tick.store(20, Ordering::Relaxed);
+        clock.request_finished();
+        let first_drain = (21..100).find(|&now| clock.expired(now, period, limits).is_some()).unwrap();
+        assert_eq!(first_drain, 51, "idle gets KEEPALIVE_TIMEOUT, not the header timeout");
+        assert_eq!(clock.expired(51, period, limits), Some(DRAIN));
+    }
+
+    #[test]
+    fn orders_only_grow_and_each_new_one_wakes_the_connection() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl futures_util::task::ArcWake for Count {
+            fn wake_by_ref(me: &Arc<Self>) {
+                me.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let wakes = Arc::new(Count(Default::default()));
+        let waker = futures_util::task::waker(wakes.clone());
+        let woken = || wakes.0.load(Ordering::SeqCst);
+        let clock = ConnClock::new(Arc::new(AtomicU64::new(1)));
+        clock.waker.register(&waker);
+        clock.give(DRAIN);
+        assert_eq!((clock.order.load(Ordering::Relaxed), woken()), (DRAIN, 1));
+        clock.waker.register(&waker);
+        clock.give(DRAIN);
+        assert_eq!(woken(), 1, "the same order again does not wake");
+        clock.give(CLOSE);
+        clock.give(DRAIN);
+        assert_eq!(clock.order.load(Ordering::Relaxed), CLOSE, "a drain does not take back a close");
+        assert_eq!(woken(), 2);
+    }
+
+    #[test]
+    fn the_watchdog_looks_ten_times_per_limit_within_bounds() {
+        assert_eq!(Watchdog::new(limits(1_000, 3_000)).period, Duration::from_millis(100));
+        assert_eq!(Watchdog::new(limits(100, 3_000)).period, Duration::from_millis(10));
+        assert_eq!(Watchdog::new(limits(60_000, 600_000)).period, Duration::from_secs(1));
+    }
+
+    /// Deregistered when the connection ends; registered during shutdown means told to drain at once.
+    #[test]
+    fn connections_come_and_go_from_the_watchdog() {
+        let watchdog = Arc::new(Watchdog::new(limits(1_000, 3_000)));
+        let a = watchdog.watch();
+        let b = watchdog.watch();
+        assert_eq!(watchdog.lock().clocks.len(), 2);
+        drop(a);
+        assert_eq!(watchdog.lock().clocks.len(), 1);
+        watchdog.lock().draining = true;
+        let c = watchdog.watch();
+        assert_eq!(c.clock.order.load(Ordering::Relaxed), DRAIN);
+        assert_eq!(b.clock.order.load(Ordering::Relaxed), RUN);
     }
 }
