@@ -355,8 +355,9 @@ pub fn rows(r: &SuiteResults) -> Vec<Row> {
             rows.push(Row {
                 row: "(d)".into(),
                 measure: format!(
-                    "ack=queued, open loop at 50% of peak ({} req/s): full p99 latency from intended send time",
-                    num(rate)
+                    "ack=queued, open loop at 50% of peak ({} req/s){}: full p99 latency from intended send time",
+                    num(rate),
+                    sending_threads(c, r.loadgen_threads)
                 ),
                 result: format!(
                     "**{} ms** (runs {} ms; achieved {} req/s; p50 {} ms){}",
@@ -461,7 +462,7 @@ pub fn rows(r: &SuiteResults) -> Vec<Row> {
         0.85,
     );
     if let Some(c) = suite("overload") {
-        overload_rows(&mut rows, c, r.peak_rps, "open loop at 2× peak", "peak");
+        overload_rows(&mut rows, c, r.peak_rps, "open loop at 2× peak", "peak", r.loadgen_threads);
     }
     if let Some(c) = suite("overload-shed") {
         overload_rows(
@@ -470,21 +471,39 @@ pub fn rows(r: &SuiteResults) -> Vec<Row> {
             r.shed_peak_rps,
             "ack=kafka, MAX_CONCURRENT_REQUESTS=64: open loop at 2× its peak",
             "shed-peak's closed-loop peak at 64 conns",
+            r.loadgen_threads,
         );
     }
     rows
 }
 
+/// ", N sending threads" when a suite's runs sent from other than the table's default number of loadgen
+/// threads (the table's header names the default).
+fn sending_threads(c: &CompareResult, default: usize) -> String {
+    match c.runs.first().map(|run| run.loadgen_threads) {
+        Some(n) if n != default => format!(", {n} sending threads"),
+        _ => String::new(),
+    }
+}
+
 /// The two rows of an overload suite: goodput against the peak it doubles, and how fast the rejections came.
-fn overload_rows(rows: &mut Vec<Row>, c: &CompareResult, peak: Option<f64>, load: &str, peak_name: &str) {
+fn overload_rows(
+    rows: &mut Vec<Row>,
+    c: &CompareResult,
+    peak: Option<f64>,
+    load: &str,
+    peak_name: &str,
+    default_threads: usize,
+) {
     let Some(s) = c.summary_of("full") else { return };
+    let threads = sending_threads(c, default_threads);
     let rate = c.runs.first().and_then(|x| x.rate).unwrap_or(f64::NAN);
     let peak = peak.unwrap_or(f64::NAN);
     let goodput = s.req_per_s.median / peak;
     rows.push(Row {
         row: "(g)".into(),
         measure: format!(
-            "{load} ({} req/s), 512 conns: goodput (2xx/s) ÷ {peak_name} ({} req/s)",
+            "{load} ({} req/s), 512 conns{threads}: goodput (2xx/s) ÷ {peak_name} ({} req/s)",
             num(rate),
             num(peak)
         ),
@@ -502,7 +521,7 @@ fn overload_rows(rows: &mut Vec<Row>, c: &CompareResult, peak: Option<f64>, load
     let rej = &s.rejection_p99_ms;
     rows.push(Row {
         row: "(g)".into(),
-        measure: format!("{load}: p99 latency of rejections (non-2xx, from actual send)"),
+        measure: format!("{load}{threads}: p99 latency of rejections (non-2xx, from actual send)"),
         result: if rej.values.is_empty() {
             if s.non_2xx > 0 {
                 format!("no rejections in the measured window ({} during warm-up)", s.non_2xx)
