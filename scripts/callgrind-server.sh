@@ -38,12 +38,14 @@ if [[ $target == service ]] && ! (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; 
   exit 1
 fi
 command -v valgrind >/dev/null || { echo "callgrind-server.sh: valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
-if [[ -z $bin ]]; then
+cargo build --release --quiet -p loadgen
+loadgen=target/release/loadgen
+if [[ $target == bare ]]; then
+  bin=$loadgen
+elif [[ -z $bin ]]; then
   cargo build --release --quiet --bin event-ingestor
   bin=target/release/event-ingestor
 fi
-cargo build --release --quiet -p loadgen
-loadgen=target/release/loadgen
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -53,7 +55,7 @@ run_once() {
   local n=$1 out=$work/callgrind.$1.out log=$work/server.$1.log
   mkdir -p "$work/spool.$n"
   local cmd=("$bin")
-  [[ $target == bare ]] && cmd=("$loadgen" bare-server --bind 127.0.0.1:0 --threads 0)
+  [[ $target == bare ]] && cmd=("$bin" bare-server --bind 127.0.0.1:0 --threads 0)
   PUBLISHER=noop HTTP_PORT=0 ADMIN_PORT=0 RATE_LIMIT_RPS=0 LOG_LEVEL=info SPOOL_DIR="$work/spool.$n" \
     KAFKA_BROKERS=127.0.0.1:9092 \
     valgrind --tool=callgrind --callgrind-out-file="$out" "${cmd[@]}" >"$log" 2>"$work/valgrind.$n.log" &
@@ -74,7 +76,6 @@ run_once() {
   awk '/^summary:/ {print $2}' "$out"
 }
 
-[[ $target == bare ]] && bin=$loadgen
 small=$(run_once 2000)
 large=$(run_once 6000)
 per=$(((large - small) / 4000))

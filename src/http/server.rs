@@ -88,8 +88,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let watched = watchdog.watch();
-        let clock = watched.clock.clone();
-        let (on_request, on_response) = (clock.clone(), clock.clone());
+        let (on_request, on_response) = (watched.clock.clone(), watched.clock.clone());
         let service = app
             .clone()
             .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -103,7 +102,7 @@ pub async fn serve(
                 on_response.request_finished();
                 res
             });
-        let io = TokioIo::new(ClockedIo { stream, clock: clock.clone() });
+        let io = TokioIo::new(ClockedIo { stream, clock: watched.clock.clone() });
         let builder = builder.clone();
         let metrics = metrics.clone();
         metrics.connection_opened();
@@ -111,6 +110,7 @@ pub async fn serve(
             let connection = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
             let mut connection = std::pin::pin!(connection);
             let mut draining = false;
+            let clock = &watched.clock;
             let result = std::future::poll_fn(|cx| {
                 // Registered before the order is read, so that an order given after the read wakes us.
                 clock.waker.register(cx.waker());
