@@ -122,8 +122,9 @@ impl IngestLimits {
     }
 }
 
-/// The ingest API as one service: the routes inside the middleware stack. Cloned per request, which costs
-/// a few reference counts (the stack is outside the router, so it is neither boxed nor cloned per route).
+/// The ingest API as one service: the routes inside the middleware stack. Cloned once per connection and
+/// called in place for each of its requests (`server::serve`); the stack is outside the router, so it is
+/// neither boxed nor cloned per route.
 pub trait IngestService:
     tower::Service<Request, Response = Response, Error = Infallible, Future: Send + 'static> + Clone + Send + Sync + 'static
 {

@@ -10,25 +10,28 @@
 //! request arriving in the race is still answered) — and drains them all at shutdown. A connection's
 //! own task only looks at one flag when it wakes: no timer and no shutdown signal of its own to poll.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
+use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::util::Oneshot;
 use tower::ServiceExt;
 
 use crate::telemetry::Metrics;
@@ -88,26 +91,17 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let watched = watchdog.watch();
-        let (on_request, on_response) = (watched.clock.clone(), watched.clock.clone());
-        let service = app
-            .clone()
-            .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                on_request.request_started();
-                if limits.peer_addresses {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                }
-                req.map(axum::body::Body::new)
-            })
-            .map_response(move |res| {
-                on_response.request_finished();
-                res
-            });
+        let service = ConnService {
+            stack: RefCell::new(app.clone()),
+            clock: watched.clock.clone(),
+            peer: limits.peer_addresses.then_some(peer),
+        };
         let io = TokioIo::new(ClockedIo { stream, clock: watched.clock.clone() });
         let builder = builder.clone();
         let metrics = metrics.clone();
         metrics.connection_opened();
         connections.spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+            let connection = builder.serve_connection_with_upgrades(io, service);
             let mut connection = std::pin::pin!(connection);
             let mut draining = false;
             let clock = &watched.clock;
@@ -139,6 +133,60 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     watching.abort();
+}
+
+/// A connection's own copy of the ingest service, called in place. hyper-util's `TowerToHyperService`
+/// clones the whole stack for every request — a reference count of each layer's shared state, counted
+/// up and down on cache lines that every worker thread touches; a connection starts its requests one
+/// at a time, so its copy can serve them all. It also keeps the connection's clock and puts the peer
+/// address on the request when the per-client limits need it.
+struct ConnService<S> {
+    stack: RefCell<S>,
+    clock: Arc<ConnClock>,
+    peer: Option<SocketAddr>,
+}
+
+impl<S: super::IngestService> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService<S> {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = Answered<Either<S::Future, Oneshot<S, axum::extract::Request>>>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        self.clock.request_started();
+        let mut req = req.map(axum::body::Body::new);
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        // Never held across an await: `call` is synchronous, and the future owns what it needs.
+        let mut stack = self.stack.borrow_mut();
+        let inner = match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Either::Left(stack.call(req)),
+            // No layer of the stack holds requests back in `poll_ready` (the limits refuse in `call`);
+            // should one ever do, its request waits on a copy of its own, as with `TowerToHyperService`.
+            _ => Either::Right(stack.clone().oneshot(req)),
+        };
+        Answered { inner, clock: self.clock.clone() }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer; the connection is idle from when it is ready.
+    struct Answered<F> {
+        #[pin]
+        inner: F,
+        clock: Arc<ConnClock>,
+    }
+}
+
+impl<F: Future> Future for Answered<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.inner.poll(cx));
+        this.clock.request_finished();
+        Poll::Ready(out)
+    }
 }
 
 /// No order: serve on.
