@@ -94,25 +94,50 @@ impl ApiError {
         }
     }
 
-    /// The problem document as JSON.
-    pub fn body(&self) -> Value {
-        let mut doc = Map::new();
-        doc.insert("type".into(), Value::from(format!("urn:event-ingestor:problem:{}", self.code)));
-        doc.insert("title".into(), Value::from(self.status.canonical_reason().unwrap_or("Error")));
-        doc.insert("status".into(), Value::from(self.status.as_u16()));
-        doc.insert("code".into(), Value::from(self.code));
-        doc.insert("detail".into(), Value::from(self.detail.clone()));
-        for (k, v) in &self.extensions {
-            doc.insert(k.clone(), v.clone());
-        }
-        Value::Object(doc)
+    /// The problem document as JSON: `code`, `detail`, `status`, `title`, `type`, then the extension
+    /// members. Serialized straight from the fields: no map of values is built for an answer that is
+    /// often a routine refusal (a full queue, a shed request).
+    pub fn body(&self) -> Vec<u8> {
+        let doc = Problem {
+            code: self.code,
+            detail: &self.detail,
+            status: self.status.as_u16(),
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            type_: ProblemType(self.code),
+            extensions: &self.extensions,
+        };
+        let mut body = Vec::with_capacity(192 + self.detail.len());
+        // Strings, numbers and already-built values: serializing them cannot fail.
+        let _ = serde_json::to_writer(&mut body, &doc);
+        body
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Problem<'a> {
+    code: &'static str,
+    detail: &'a str,
+    status: u16,
+    title: &'static str,
+    #[serde(rename = "type")]
+    type_: ProblemType,
+    #[serde(flatten)]
+    extensions: &'a Map<String, Value>,
+}
+
+/// `urn:event-ingestor:problem:<code>`, written without building the string first.
+struct ProblemType(&'static str);
+
+impl serde::Serialize for ProblemType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("urn:event-ingestor:problem:{}", self.0))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
-        let mut response = (self.status, body).into_response();
+        let mut response = Response::new(axum::body::Body::from(self.body()));
+        *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs {

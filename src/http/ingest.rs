@@ -43,7 +43,7 @@ fn ack_mode(uri: &Uri, default: AckMode) -> Result<AckMode, ApiError> {
 }
 
 /// Reads the whole body, refusing early when it is (or announces itself as) larger than `limit`.
-async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(mut body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     let too_large =
         || ApiError::too_large("body_too_large", format!("the request body exceeds {limit} bytes (MAX_BODY_BYTES)"));
     // The announced length (Content-Length), as hyper parsed it.
@@ -51,16 +51,32 @@ async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiErr
     if announced.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(err) = source {
-            if err.is::<http_body_util::LengthLimitError>() {
-                return too_large();
-            }
-            source = err.source();
+    // Frame by frame rather than `axum::body::to_bytes`: a body that arrives as one frame (a small one
+    // always does) is kept as it is, with nothing allocated to gather it.
+    let mut first: Option<axum::body::Bytes> = None;
+    let mut more: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        let frame = frame.map_err(|e| {
+            ApiError::bad_request("body_read_failed", format!("the request body could not be read: {e}"))
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total > limit {
+            return Err(too_large());
         }
-        ApiError::bad_request("body_read_failed", format!("the request body could not be read: {e}"))
-    })
+        match &first {
+            None => first = Some(data),
+            Some(head) => {
+                if more.is_empty() {
+                    more.reserve(announced.map_or(2 * total, |n| n as usize).max(total));
+                    more.extend_from_slice(head);
+                }
+                more.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(if more.is_empty() { first.unwrap_or_default() } else { more.into() })
 }
 
 /// The headers that decide how the body is read.
@@ -330,7 +346,8 @@ fn accept(
 
 /// `202 {"status":"accepted","id":…}`: the most frequent answer, written without a serializer.
 fn accepted_answer(id: &str) -> Response {
-    let mut body = Vec::with_capacity(32 + id.len());
+    // Exactly the answer's length unless the id needs escaping (see `json_answer`).
+    let mut body = Vec::with_capacity(29 + id.len());
     body.extend_from_slice(br#"{"status":"accepted","id":"#);
     crate::ingest::envelope::write_json_str(&mut body, id);
     body.push(b'}');
@@ -350,8 +367,13 @@ fn published_answer(id: &str, topic: &str, partition: i32, offset: i64) -> Respo
     json_answer(StatusCode::OK, body)
 }
 
+/// A JSON answer, built directly: the body as a boxed slice (`Bytes` takes a `Vec` whose capacity is
+/// not its length only by allocating a shared header for it).
 fn json_answer(status: StatusCode, body: Vec<u8>) -> Response {
-    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+    let mut response = Response::new(Body::from(axum::body::Bytes::from(body.into_boxed_slice())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 impl Publishing {
