@@ -4,7 +4,7 @@
 #
 # Usage: scripts/bench.sh [--quick] [--no-build] [--update-doc] [SUITE...] [-- LOADGEN-SUITE-ARGS...]
 #
-#   (no SUITE)     every suite (`loadgen list-suites`); ~10 min on 2 cores. Rewrites docs/benchmarks.md.
+#   (no SUITE)     every suite (`loadgen list-suites`); ~11 min on 2 cores. Rewrites docs/benchmarks.md.
 #   SUITE...       only these suites (e.g. single-queued ack-kafka); the doc is left alone unless --update-doc.
 #   --quick        3 s runs, 2 repeats: checks that the harness works; the doc is left alone unless --update-doc.
 #   --no-build     use the binaries already in target/release.

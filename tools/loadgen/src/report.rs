@@ -1,5 +1,6 @@
 //! Output: JSON, readable tables for the terminal, and the Markdown results table of docs/benchmarks.md.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -560,8 +561,8 @@ pub fn suite_markdown(r: &SuiteResults) -> String {
     );
     let _ = writeln!(
         s,
-        "- **Runs**: {} s each ({} s warm-up not measured), {} repeats, scenarios alternating; loadgen sends from {} thread(s) unless a row says otherwise; service `{}` with RATE_LIMIT_RPS=0 and otherwise default settings (QUEUE_SIZE 10000, WORKER_POOL_SIZE 10){}",
-        r.duration_s, r.warmup_s, r.repeats, r.loadgen_threads, r.service_bin,
+        "- **Runs**: {} s each ({} s warm-up not measured), {} repeats{}, scenarios alternating; loadgen sends from {} thread(s) unless a row says otherwise; service `{}` with RATE_LIMIT_RPS=0 and otherwise default settings (QUEUE_SIZE 10000, WORKER_POOL_SIZE 10){}",
+        r.duration_s, r.warmup_s, r.repeats, more_repeats(r), r.loadgen_threads, r.service_bin,
         if r.quick { " — **--quick: short runs, for checking the harness, not for the record**" } else { "" }
     );
     if let Some(p) = r.peak_rps {
@@ -676,6 +677,17 @@ pub fn suite_markdown(r: &SuiteResults) -> String {
     }
     let _ = writeln!(s, "```");
     s
+}
+
+/// ", 5 for noop-overhead and overload-shed": the suites of this run given more repeats than the rest.
+fn more_repeats(r: &SuiteResults) -> String {
+    let mut by_count: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    for run in &r.suites {
+        if run.result.repeats > r.repeats {
+            by_count.entry(run.result.repeats).or_default().push(&run.name);
+        }
+    }
+    by_count.iter().map(|(n, names)| format!(", {n} for {}", names.join(" and "))).collect()
 }
 
 #[cfg(test)]

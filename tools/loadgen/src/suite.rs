@@ -264,6 +264,9 @@ pub struct SuiteDef {
     pub row: &'static str,
     pub title: &'static str,
     pub args: &'static str,
+    /// Repeats at least (outside `--quick`): the rows whose headline is a ratio or a p99 against a floor
+    /// and swings most from run to run on this shared machine get more runs behind their median.
+    pub min_repeats: usize,
 }
 
 pub const SUITES: &[SuiteDef] = &[
@@ -274,60 +277,70 @@ pub const SUITES: &[SuiteDef] = &[
         row: "(a)",
         title: "single events to real Kafka, ack=queued, 64 connections, closed loop",
         args: "--scenarios full,bare --connections 64 --batch 1 --ack queued",
+        min_repeats: 0,
     },
     SuiteDef {
         name: "half-load",
         row: "(d)",
         title: "single events, ack=queued, open loop at 50% of the measured peak, 64 connections, loadgen sending from 2 threads (one thread's own scheduling delays were most of the p99)",
         args: "--scenarios full --connections 64 --batch 1 --ack queued --rate {half_peak} --load-threads 2",
+        min_repeats: 0,
     },
     SuiteDef {
         name: "overload",
         row: "(g)",
         title: "single events, ack=queued, open loop at 2× the measured peak, 512 connections",
         args: "--scenarios full --connections 512 --batch 1 --ack queued --rate {double_peak} --timeout 5s",
+        min_repeats: 0,
     },
     SuiteDef {
         name: "batch-ndjson",
         row: "(b)",
         title: "100-event NDJSON batches to real Kafka, ack=queued, 4 connections, closed loop",
         args: "--scenarios full,raw-kafka --connections 4 --batch 100 --format ndjson --ack queued",
+        min_repeats: 0,
     },
     SuiteDef {
         name: "batch-ndjson-q1k",
         row: "(b)",
         title: "as batch-ndjson with QUEUE_SIZE=1000 (the Go service's default, not ours: what a queue that small costs)",
         args: "--scenarios full,raw-kafka --connections 4 --batch 100 --format ndjson --ack queued --service-env QUEUE_SIZE=1000",
+        min_repeats: 0,
     },
     SuiteDef {
         name: "ack-kafka",
         row: "(c)",
         title: "single events, ack=kafka, 256 connections, closed loop",
         args: "--scenarios full,bare --connections 256 --batch 1 --ack kafka",
+        min_repeats: 0,
     },
     SuiteDef {
         name: "ack-kafka-light",
         row: "(c)",
         title: "single events, ack=kafka, open loop at 1,000 req/s, 64 connections (latency without queueing)",
         args: "--scenarios full --connections 64 --batch 1 --ack kafka --rate 1000",
+        min_repeats: 0,
     },
     SuiteDef {
         name: "noop-overhead",
         row: "(g)",
         title: "single events, PUBLISHER=noop, 64 connections, closed loop",
         args: "--scenarios full-noop,bare --connections 64 --batch 1 --ack queued",
+        min_repeats: 5,
     },
     SuiteDef {
         name: "shed-peak",
         row: "(g)",
         title: "single events, ack=kafka, MAX_CONCURRENT_REQUESTS=64, 64 connections, closed loop, loadgen sending from 2 threads (the peak of a service whose limit is its concurrency limit)",
         args: "--scenarios full --connections 64 --batch 1 --ack kafka --load-threads 2 --service-env MAX_CONCURRENT_REQUESTS=64",
+        min_repeats: 0,
     },
     SuiteDef {
         name: "overload-shed",
         row: "(g)",
         title: "as shed-peak, open loop at 2× its peak, 512 connections: the excess is shed (503 overloaded); 2 sending threads, so that answers do not queue behind one busy client thread",
         args: "--scenarios full --connections 512 --batch 1 --ack kafka --rate {double_shed_peak} --timeout 5s --load-threads 2 --service-env MAX_CONCURRENT_REQUESTS=64",
+        min_repeats: 5,
     },
 ];
 
@@ -505,17 +518,17 @@ pub async fn run_suites(names: &[String], cfg: &SuiteConfig, opts: &TargetArgs) 
             peak_source = format!("one closed-loop run of `full` with the single-queued load: {p:.0} req/s");
         }
         let args = suite_args(def, peak, shed_peak)?;
+        let repeats = if cfg.quick { cfg.repeats } else { cfg.repeats.max(def.min_repeats) };
         let full_args = format!(
             "{args} --repeats {} --duration {} --warmup {}",
-            cfg.repeats,
+            repeats,
             fmt_duration(cfg.duration),
             fmt_duration(cfg.warmup)
         );
         let (scenarios, load, opts) = suite_load(&full_args, opts)?;
         let command = format!("loadgen compare {full_args}");
         eprintln!("\n=== {} {} — {}\n=== {command}", def.row, def.name, def.title);
-        let result =
-            compare(def.name, &scenarios, cfg.repeats, &load, &opts, cfg.threads, Some(command.clone())).await?;
+        let result = compare(def.name, &scenarios, repeats, &load, &opts, cfg.threads, Some(command.clone())).await?;
         eprintln!("{}", crate::report::compare_table(&result));
         if def.name == "single-queued" && cfg.peak_rps.is_none() {
             if let Some(s) = result.summary_of("full") {
