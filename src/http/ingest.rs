@@ -79,17 +79,28 @@ async fn read_body(mut body: Body, limit: usize) -> Result<axum::body::Bytes, Ap
     Ok(if more.is_empty() { first.unwrap_or_default() } else { more.into() })
 }
 
-/// The headers that decide how the body is read.
+/// The headers that decide how the body is read, in one pass over the request's headers (the first of
+/// a repeated `Content-Type` or `Content-Encoding` counts, as with `HeaderMap::get`).
 fn body_meta(headers: &HeaderMap) -> BodyMeta<'_> {
-    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let ce_headers = headers
-        .iter()
-        .filter_map(|(name, value)| {
-            let attr = name.as_str().strip_prefix("ce-")?;
-            Some((attr.to_string(), value.to_str().ok()?.to_string()))
-        })
-        .collect();
-    BodyMeta { content_type: text(header::CONTENT_TYPE), content_encoding: text(header::CONTENT_ENCODING), ce_headers }
+    // The first value of each, readable or not.
+    let (mut content_type, mut content_encoding) = (None, None);
+    let mut ce_headers = Vec::new();
+    for (name, value) in headers {
+        if *name == header::CONTENT_TYPE {
+            content_type.get_or_insert(value);
+        } else if *name == header::CONTENT_ENCODING {
+            content_encoding.get_or_insert(value);
+        } else if let Some(attr) = name.as_str().strip_prefix("ce-") {
+            if let Ok(value) = value.to_str() {
+                ce_headers.push((attr.to_string(), value.to_string()));
+            }
+        }
+    }
+    BodyMeta {
+        content_type: content_type.and_then(|v: &HeaderValue| v.to_str().ok()),
+        content_encoding: content_encoding.and_then(|v: &HeaderValue| v.to_str().ok()),
+        ce_headers,
+    }
 }
 
 impl From<RequestError> for ApiError {
