@@ -1,6 +1,10 @@
 //! `ApiError`: the one error type of the HTTP API, rendered as `application/problem+json` (RFC 9457) with a
 //! stable machine `code`.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
@@ -14,14 +18,14 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
-    pub detail: String,
+    pub detail: Cow<'static, str>,
     pub retry_after_secs: Option<u64>,
     pub extensions: Map<String, Value>,
     pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
         Self {
             status,
             code,
@@ -32,15 +36,15 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn bad_request(code: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
-    pub fn too_large(code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn too_large(code: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, detail)
     }
 
-    pub fn unavailable(code: &'static str, detail: impl Into<String>, retry_after_secs: u64) -> Self {
+    pub fn unavailable(code: &'static str, detail: impl Into<Cow<'static, str>>, retry_after_secs: u64) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail).retry_after(retry_after_secs)
     }
 
@@ -136,7 +140,14 @@ impl serde::Serialize for ProblemType {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = Response::new(axum::body::Body::from(self.body()));
+        let body = Body::from(self.body());
+        self.respond(body)
+    }
+}
+
+impl ApiError {
+    fn respond(self, body: Body) -> Response {
+        let mut response = Response::new(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
@@ -150,10 +161,57 @@ impl IntoResponse for ApiError {
         }
         response
     }
+
+    /// [`ApiError::overloaded`] as an answer. Its document never changes, and it is the answer a service
+    /// over its limit gives most: rendered once per process (and kept for the process's life).
+    pub fn overloaded_response() -> Response {
+        static BODY: OnceLock<&'static [u8]> = OnceLock::new();
+        let body = BODY.get_or_init(|| Box::leak(Self::overloaded().body().into_boxed_slice()));
+        Self::overloaded().respond(Body::from(Bytes::from_static(body)))
+    }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parts(response: Response) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("a body in memory");
+        (parts.status, parts.headers, serde_json::from_slice(&bytes).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn the_prerendered_overloaded_answer_is_the_overloaded_error() {
+        let expected = parts(ApiError::overloaded().into_response()).await;
+        for _ in 0..2 {
+            assert_eq!(parts(ApiError::overloaded_response()).await, expected);
+        }
+        assert_eq!(expected.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(expected.1[header::RETRY_AFTER], "1");
+        assert_eq!(expected.2["code"], "overloaded");
+    }
+
+    #[test]
+    fn problem_documents_carry_type_title_status_and_extensions() {
+        let body = ApiError::bad_request("malformed_json", format!("malformed JSON: {}", "eof")).with("line", 3).body();
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({
+                "type": "urn:event-ingestor:problem:malformed_json",
+                "title": "Bad Request",
+                "status": 400,
+                "code": "malformed_json",
+                "detail": "malformed JSON: eof",
+                "line": 3
+            })
+        );
     }
 }

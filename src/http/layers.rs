@@ -493,7 +493,7 @@ where
             Ok(permit) => Answer::Later { future: self.inner.call(req), guard: permit },
             Err(_) => {
                 self.layer.metrics.load_shed();
-                now(ApiError::overloaded().into_response())
+                now(ApiError::overloaded_response())
             }
         }
     }
