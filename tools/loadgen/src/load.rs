@@ -1,5 +1,5 @@
-//! The HTTP load engine: N keep-alive HTTP/1.1 connections (one hyper client connection each, so the
-//! connection count is exact), closed-loop (as fast as answers come back) or open-loop (`--rate`: request
+//! The HTTP load engine: N keep-alive HTTP/1.1 connections (one `http1::Conn` each, so the connection
+//! count is exact), closed-loop (as fast as answers come back) or open-loop (`--rate`: request
 //! `i` is due at `start + i/rate`, and its latency is measured from that intended time, so a stalled
 //! server is charged for the requests it kept waiting — no coordinated omission).
 
@@ -10,16 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _};
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::{StatusCode, Uri};
 
 use crate::common::{new_histogram, record_us, Ack};
+use crate::http1;
 use crate::payload::Payloads;
 use crate::verify::AckSet;
 
@@ -171,16 +166,6 @@ fn parse_url(url: &str, ack: Option<Ack>) -> anyhow::Result<(String, u16, String
     Ok((host, port, path))
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
 /// The load's own runtime, if it has one: shut down without blocking when dropped (it is dropped inside
 /// another runtime, where a plain drop would panic); connections still open close with it.
 struct OwnRuntime(Option<tokio::runtime::Runtime>);
@@ -225,7 +210,7 @@ pub async fn run_http(url: &str, payloads: Arc<Payloads>, spec: &LoadSpec) -> an
     let stop = Arc::new(AtomicBool::new(false));
     let progress = (!spec.quiet).then(|| tokio::spawn(report_progress(ctx.clone(), stop.clone())));
 
-    // The connections' tasks (and the hyper connection tasks they spawn) run on the load's own runtime
+    // The connections' tasks run on the load's own runtime
     // when it has one; their handles are awaited from this one.
     let own_runtime = OwnRuntime(
         spec.threads
@@ -315,7 +300,12 @@ pub async fn run_http(url: &str, payloads: Arc<Payloads>, spec: &LoadSpec) -> an
 
 async fn worker(ctx: Arc<Ctx>) -> WorkerStats {
     let mut st = WorkerStats::new();
-    let mut sender: Option<SendRequest<Full<Bytes>>> = None;
+    let mut conn: Option<http1::Conn> = None;
+    let mut request = Vec::new();
+    let mut headers = vec![("host", ctx.host.as_str()), ("content-type", ctx.payloads.content_type())];
+    if ctx.payloads.gzip {
+        headers.push(("content-encoding", "gzip"));
+    }
     let batch = ctx.payloads.batch as u64;
     loop {
         let i = ctx.next.fetch_add(1, Ordering::Relaxed);
@@ -334,19 +324,12 @@ async fn worker(ctx: Arc<Ctx>) -> WorkerStats {
         }
 
         // A connection that the server closed is replaced before the request, not counted as an error.
-        let reusable = match sender.as_mut() {
-            Some(s) => s.ready().await.is_ok(),
-            None => false,
-        };
-        let mut s = match sender.take() {
-            Some(s) if reusable => s,
-            _ => match connect(ctx.addr).await {
-                Ok(mut s) => {
+        let mut c = match conn.take() {
+            Some(c) if c.reusable() => c,
+            _ => match http1::Conn::connect(ctx.addr).await {
+                Ok(c) => {
                     st.connects += 1;
-                    if s.ready().await.is_err() {
-                        continue;
-                    }
-                    s
+                    c
                 }
                 Err(e) => {
                     st.sent += 1;
@@ -359,31 +342,19 @@ async fn worker(ctx: Arc<Ctx>) -> WorkerStats {
             },
         };
 
-        let body = ctx.payloads.body(i);
-        let mut req = Request::post(ctx.path.as_str())
-            .header(HOST, ctx.host.as_str())
-            .header(CONTENT_TYPE, ctx.payloads.content_type());
-        if ctx.payloads.gzip {
-            req = req.header(CONTENT_ENCODING, "gzip");
-        }
-        let req = req.body(Full::new(Bytes::from(body))).expect("a valid request");
+        http1::post(&mut request, &ctx.path, &headers, &ctx.payloads.body(i));
         st.sent += 1;
         st.max_index = st.max_index.max(i + 1);
         let sent_at = Instant::now();
-        let result = tokio::time::timeout(ctx.spec.timeout, async {
-            let resp = s.send_request(req).await?;
-            let status = resp.status();
-            let body = resp.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, body))
-        })
-        .await;
+        let result = tokio::time::timeout(ctx.spec.timeout, c.send(&request)).await;
         let done = Instant::now();
         let in_window = intended >= ctx.warmup_end;
         ctx.progress.done.fetch_add(1, Ordering::Relaxed);
         st.last_done = Some(done);
         match result {
-            Ok(Ok((status, body))) => {
-                sender = Some(s);
+            Ok(Ok(http1::Answer { status, body })) => {
+                conn = Some(c);
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 st.responses += 1;
                 if in_window {
                     st.window_responses += 1;

@@ -8,6 +8,7 @@
 //! All load goes to loopback addresses only, and every run is bounded in count and duration.
 
 mod common;
+mod http1;
 mod load;
 mod payload;
 mod raw_kafka;
