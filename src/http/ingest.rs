@@ -54,7 +54,7 @@ async fn read_body(mut body: Body, limit: usize) -> Result<axum::body::Bytes, Ap
     // Frame by frame rather than `axum::body::to_bytes`: a body that arrives as one frame (a small one
     // always does) is kept as it is, with nothing allocated to gather it.
     let mut first: Option<axum::body::Bytes> = None;
-    let mut more: Vec<u8> = Vec::new();
+    let mut gathered: Option<Vec<u8>> = None;
     let mut total = 0usize;
     while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
         let frame = frame.map_err(|e| {
@@ -65,18 +65,21 @@ async fn read_body(mut body: Body, limit: usize) -> Result<axum::body::Bytes, Ap
         if total > limit {
             return Err(too_large());
         }
-        match &first {
-            None => first = Some(data),
-            Some(head) => {
-                if more.is_empty() {
-                    more.reserve(announced.map_or(2 * total, |n| n as usize).max(total));
-                    more.extend_from_slice(head);
-                }
-                more.extend_from_slice(&data);
+        match (&first, &mut gathered) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut all = Vec::with_capacity(announced.map_or(2 * total, |n| n as usize).max(total));
+                all.extend_from_slice(head);
+                all.extend_from_slice(&data);
+                gathered = Some(all);
             }
+            (Some(_), Some(all)) => all.extend_from_slice(&data),
         }
     }
-    Ok(if more.is_empty() { first.unwrap_or_default() } else { more.into() })
+    Ok(match gathered {
+        Some(all) => all.into(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 /// The headers that decide how the body is read, in one pass over the request's headers (the first of
