@@ -301,7 +301,7 @@ pub async fn run_http(url: &str, payloads: Arc<Payloads>, spec: &LoadSpec) -> an
 async fn worker(ctx: Arc<Ctx>) -> WorkerStats {
     let mut st = WorkerStats::new();
     let mut conn: Option<http1::Conn> = None;
-    let mut request = Vec::new();
+    let (mut request, mut body) = (Vec::new(), Vec::new());
     let mut headers = vec![("host", ctx.host.as_str()), ("content-type", ctx.payloads.content_type())];
     if ctx.payloads.gzip {
         headers.push(("content-encoding", "gzip"));
@@ -342,7 +342,8 @@ async fn worker(ctx: Arc<Ctx>) -> WorkerStats {
             },
         };
 
-        http1::post(&mut request, &ctx.path, &headers, &ctx.payloads.body(i));
+        ctx.payloads.write_body(&mut body, i);
+        http1::post(&mut request, &ctx.path, &headers, &body);
         st.sent += 1;
         st.max_index = st.max_index.max(i + 1);
         let sent_at = Instant::now();

@@ -45,34 +45,41 @@ impl Payloads {
     }
 
     /// The body of request `index` (events `index*batch .. index*batch+batch`), possibly gzipped.
+    #[cfg(test)]
     pub fn body(&self, index: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_body(&mut out, index);
+        out
+    }
+
+    /// The body of request `index` into `out` (emptied first), which a connection reuses request after request.
+    pub fn write_body(&self, out: &mut Vec<u8>, index: u64) {
         let first = index * self.batch as u64;
-        let mut out = Vec::with_capacity(self.batch * (self.pad.len() + 96) + 2);
+        out.clear();
+        out.reserve(self.batch * (self.pad.len() + 96) + 2);
         match (self.format, self.batch) {
-            (Format::Json, 1) => self.write_event(&mut out, first),
+            (Format::Json, 1) => self.write_event(out, first),
             (Format::Json, _) => {
                 out.push(b'[');
                 for j in 0..self.batch as u64 {
                     if j > 0 {
                         out.push(b',');
                     }
-                    self.write_event(&mut out, first + j);
+                    self.write_event(out, first + j);
                 }
                 out.push(b']');
             }
             (Format::Ndjson, _) => {
                 for j in 0..self.batch as u64 {
-                    self.write_event(&mut out, first + j);
+                    self.write_event(out, first + j);
                     out.push(b'\n');
                 }
             }
         }
         if self.gzip {
             let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(out.len() / 3), flate2::Compression::fast());
-            enc.write_all(&out).expect("writing to a Vec cannot fail");
-            enc.finish().expect("writing to a Vec cannot fail")
-        } else {
-            out
+            enc.write_all(out).expect("writing to a Vec cannot fail");
+            *out = enc.finish().expect("writing to a Vec cannot fail");
         }
     }
 
