@@ -158,18 +158,28 @@ pub fn self_cpu_seconds() -> f64 {
     proc_cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
-/// Busy and total CPU seconds of the whole machine so far (`/proc/stat`, all cores).
-pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
+/// CPU seconds of the whole machine so far (`/proc/stat`, all cores).
+#[derive(Clone, Copy)]
+pub struct MachineCpu {
+    /// Running something in this machine (steal not included).
+    pub busy: f64,
+    /// Time the hypervisor ran something else while this machine wanted the CPU.
+    pub steal: f64,
+}
+
+/// The machine's CPU seconds from `/proc/stat`.
+pub fn machine_cpu_seconds() -> Option<MachineCpu> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
     let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal guest guest_nice (guest time is inside user)
     let idle = v.get(3)? + v.get(4).unwrap_or(&0.0);
+    let steal = v.get(7).copied().unwrap_or(0.0);
     let total: f64 = v.iter().take(8).sum();
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let ticks = if ticks > 0.0 { ticks } else { 100.0 };
-    Some(((total - idle) / ticks, total / ticks))
+    Some(MachineCpu { busy: (total - idle - steal) / ticks, steal: steal / ticks })
 }
 
 /// The pid of the broker started by scripts/kafka.sh (its pid file), if it is running.
@@ -196,11 +206,15 @@ pub struct CpuShare {
     pub broker_cores: Option<f64>,
     /// Busy cores not used by the target, loadgen or the broker: other work on a shared machine (noise).
     pub other_cores: Option<f64>,
+    /// Cores' worth of time the hypervisor gave to other guests while this one wanted to run (`steal` in
+    /// /proc/stat): the CPU this virtual machine was promised and did not get.
+    #[serde(default)]
+    pub steal_cores: Option<f64>,
 }
 
 pub struct CpuWatch {
     start: std::time::Instant,
-    machine: Option<(f64, f64)>,
+    machine: Option<MachineCpu>,
     broker_pid: Option<u32>,
     broker: Option<f64>,
 }
@@ -218,13 +232,15 @@ impl CpuWatch {
     /// `accounted`: CPU seconds of the target and loadgen over the same phase.
     pub fn finish(self, accounted: f64) -> CpuShare {
         let wall = self.start.elapsed().as_secs_f64().max(1e-9);
-        let busy = self.machine.zip(machine_cpu_seconds()).map(|(a, b)| b.0 - a.0).unwrap_or(f64::NAN);
+        let delta = self.machine.zip(machine_cpu_seconds());
+        let busy = delta.map(|(a, b)| b.busy - a.busy).unwrap_or(f64::NAN);
         let broker = self.broker.zip(self.broker_pid.and_then(proc_cpu_seconds)).map(|(a, b)| b - a);
         CpuShare {
             wall_s: wall,
             machine_busy_cores: busy / wall,
             broker_cores: broker.map(|b| b / wall),
             other_cores: broker.map(|b| ((busy - b - accounted) / wall).max(0.0)),
+            steal_cores: delta.map(|(a, b)| (b.steal - a.steal) / wall),
         }
     }
 }

@@ -8,9 +8,10 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
 /// Answer heads longer than this are refused (the service's are a few hundred bytes).
@@ -19,6 +20,8 @@ const MAX_HEAD: usize = 16 * 1024;
 pub struct Conn {
     stream: TcpStream,
     buf: BytesMut,
+    /// The kernel's receive time (CLOCK_REALTIME) of the last bytes read.
+    rx_ts: Option<Duration>,
     /// The server said `Connection: close` (or closed): a new connection for the next request.
     closed: bool,
 }
@@ -26,13 +29,17 @@ pub struct Conn {
 pub struct Answer {
     pub status: u16,
     pub body: Bytes,
+    /// From just before the request's write to the kernel's receipt of the answer's last bytes: the
+    /// answer's time without this client's own scheduling delay in noticing it.
+    pub kernel_latency: Option<Duration>,
 }
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, buf: BytesMut::with_capacity(4096), closed: false })
+        enable_rx_timestamps(&stream);
+        Ok(Conn { stream, buf: BytesMut::with_capacity(4096), rx_ts: None, closed: false })
     }
 
     /// Whether a request can go out on this connection: not if the server has closed it (an idle
@@ -56,6 +63,8 @@ impl Conn {
 
     /// Writes `request` (head and body) and reads the answer.
     pub async fn send(&mut self, request: &[u8]) -> io::Result<Answer> {
+        self.rx_ts = None;
+        let written = realtime();
         self.stream.write_all(request).await?;
         let (status, head_len, body_len) = loop {
             if let Some(head) = parse_head(&self.buf)? {
@@ -75,19 +84,86 @@ impl Conn {
         }
         let mut answer = self.buf.split_to(head_len + body_len);
         let body = answer.split_off(head_len).freeze();
-        Ok(Answer { status, body })
+        let kernel_latency = self.rx_ts.map(|rx| rx.saturating_sub(written));
+        Ok(Answer { status, body, kernel_latency })
     }
 
     async fn read_more(&mut self) -> io::Result<()> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(4096);
         }
-        if self.stream.read_buf(&mut self.buf).await? == 0 {
+        let n = loop {
+            self.stream.readable().await?;
+            let (buf, rx_ts) = (&mut self.buf, &mut self.rx_ts);
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&self.stream);
+            match self.stream.try_io(tokio::io::Interest::READABLE, || recv_timestamped(fd, buf, rx_ts)) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
             self.closed = true;
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection"));
         }
         Ok(())
     }
+}
+
+/// Asks the kernel to stamp each received segment (software, CLOCK_REALTIME). Best effort: without it
+/// answers carry no `kernel_latency`.
+fn enable_rx_timestamps(stream: &TcpStream) {
+    let flags: libc::c_int = (libc::SOF_TIMESTAMPING_RX_SOFTWARE | libc::SOF_TIMESTAMPING_SOFTWARE) as libc::c_int;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+    // SAFETY: `fd` is an open socket for the call's duration and `flags` outlives it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPING,
+            (&flags as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+fn realtime() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+/// One `recvmsg(2)` into `buf`'s spare capacity, keeping the receive timestamp the kernel attached.
+fn recv_timestamped(fd: std::os::fd::RawFd, buf: &mut BytesMut, rx_ts: &mut Option<Duration>) -> io::Result<usize> {
+    use bytes::BufMut as _;
+    let spare = buf.chunk_mut();
+    let mut iov = libc::iovec { iov_base: spare.as_mut_ptr().cast(), iov_len: spare.len() };
+    let mut control = [0u64; 16];
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: `iov` points into `buf`'s spare capacity and `control` is ours; both outlive the call.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote `n` bytes into the spare capacity.
+    unsafe { buf.advance_mut(n as usize) };
+    // SAFETY: walking the control messages the kernel wrote, within `msg_controllen`.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SO_TIMESTAMPING {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                if ts.tv_sec != 0 || ts.tv_nsec != 0 {
+                    *rx_ts = Some(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(n as usize)
 }
 
 struct Head {
@@ -146,6 +222,7 @@ pub fn post(out: &mut Vec<u8>, path: &str, headers: &[(&str, &str)], body: &[u8]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt as _;
 
     #[test]
     fn heads_are_read_only_when_complete_and_framed_by_content_length() {
@@ -210,5 +287,40 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(!reusable, "a connection the server closed is not reused");
+    }
+
+    #[tokio::test]
+    async fn the_kernel_receipt_leaves_out_the_clients_own_delay() {
+        use std::io::{Read as _, Write as _};
+        // A blocking server on its own thread: answers each request 20 ms after it arrives.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\nno").unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+        });
+        let mut conn = Conn::connect(addr).await.unwrap();
+        let mut req = Vec::new();
+        post(&mut req, "/events", &[("host", "x")], b"e");
+        let started = std::time::Instant::now();
+        let mut send = std::pin::pin!(conn.send(&req));
+        // The request goes out on the first poll; then this client is busy elsewhere for 200 ms and notices
+        // the answer late, as a client thread kept off the CPU would.
+        let pending = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(send.as_mut(), cx).is_pending())
+        })
+        .await;
+        assert!(pending);
+        std::thread::sleep(Duration::from_millis(200));
+        let answer = send.await.unwrap();
+        let noticed = started.elapsed();
+        let kernel = answer.kernel_latency.expect("the kernel stamps loopback segments");
+        assert_eq!((answer.status, &answer.body[..]), (503, &b"no"[..]));
+        assert!(noticed >= Duration::from_millis(200), "{noticed:?}");
+        assert!(kernel >= Duration::from_millis(15) && kernel < Duration::from_millis(150), "{kernel:?}");
     }
 }

@@ -65,6 +65,9 @@ pub struct LoadOutcome {
     pub service_latency: Histogram<u64>,
     /// Non-2xx answers, from the actual send.
     pub rejection_latency: Histogram<u64>,
+    /// Non-2xx answers, from the actual send to the kernel's receipt of the answer: without the time this
+    /// client's own thread took to notice it, which on a shared machine is part of `rejection_latency`.
+    pub rejection_kernel_latency: Histogram<u64>,
     /// Start of sending to the last answer.
     pub elapsed_s: f64,
     pub client_cpu_s: f64,
@@ -112,6 +115,7 @@ struct WorkerStats {
     latency: Histogram<u64>,
     service_latency: Histogram<u64>,
     rejection_latency: Histogram<u64>,
+    rejection_kernel_latency: Histogram<u64>,
 }
 
 impl WorkerStats {
@@ -135,6 +139,7 @@ impl WorkerStats {
             latency: new_histogram(),
             service_latency: new_histogram(),
             rejection_latency: new_histogram(),
+            rejection_kernel_latency: new_histogram(),
         }
     }
 
@@ -256,6 +261,7 @@ pub async fn run_http(url: &str, payloads: Arc<Payloads>, spec: &LoadSpec) -> an
         all.latency.add(&w.latency).ok();
         all.service_latency.add(&w.service_latency).ok();
         all.rejection_latency.add(&w.rejection_latency).ok();
+        all.rejection_kernel_latency.add(&w.rejection_kernel_latency).ok();
     }
     stop.store(true, Ordering::Relaxed);
     if let Some(p) = progress {
@@ -293,6 +299,7 @@ pub async fn run_http(url: &str, payloads: Arc<Payloads>, spec: &LoadSpec) -> an
         latency: all.latency,
         service_latency: all.service_latency,
         rejection_latency: all.rejection_latency,
+        rejection_kernel_latency: all.rejection_kernel_latency,
         elapsed_s,
         client_cpu_s: crate::common::self_cpu_seconds() - cpu0,
     })
@@ -353,7 +360,7 @@ async fn worker(ctx: Arc<Ctx>) -> WorkerStats {
         ctx.progress.done.fetch_add(1, Ordering::Relaxed);
         st.last_done = Some(done);
         match result {
-            Ok(Ok(http1::Answer { status, body })) => {
+            Ok(Ok(http1::Answer { status, body, kernel_latency })) => {
                 conn = Some(c);
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 st.responses += 1;
@@ -398,6 +405,9 @@ async fn worker(ctx: Arc<Ctx>) -> WorkerStats {
                     ctx.progress.rejected.fetch_add(1, Ordering::Relaxed);
                     if in_window {
                         record_us(&mut st.rejection_latency, done - sent_at);
+                        if let Some(k) = kernel_latency {
+                            record_us(&mut st.rejection_kernel_latency, k);
+                        }
                     }
                 }
             }

@@ -228,6 +228,7 @@ pub fn run_raw(brokers: &str, topic: &str, payloads: &Payloads, spec: &LoadSpec)
         latency: s.latency.clone(),
         service_latency: s.latency,
         rejection_latency: new_histogram(),
+        rejection_kernel_latency: new_histogram(),
         elapsed_s: s.last_done.map(|t| t.saturating_duration_since(start).as_secs_f64()).unwrap_or(0.0),
         client_cpu_s,
     })

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::scenario::RunResult;
-use crate::suite::{CompareResult, ScenarioSummary, SuiteResults};
+use crate::suite::{CompareResult, ScenarioSummary, Stat, SuiteResults};
 
 pub fn write_json<T: Serialize>(path: Option<&Path>, value: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
@@ -110,6 +110,7 @@ pub fn run_table(r: &RunResult) -> String {
         ("latency ms p50/p90/p99/max", format!("{} / {} / {} / {}", ms(r.latency.p50_ms), ms(r.latency.p90_ms), ms(r.latency.p99_ms), ms(r.latency.max_ms))),
         ("  from actual send", format!("{} / {} / {} / {}", ms(r.service_latency.p50_ms), ms(r.service_latency.p90_ms), ms(r.service_latency.p99_ms), ms(r.service_latency.max_ms))),
         ("non-2xx latency ms p50/p99/max", if r.rejection_latency.count > 0 { format!("{} / {} / {} ({} answers)", ms(r.rejection_latency.p50_ms), ms(r.rejection_latency.p99_ms), ms(r.rejection_latency.max_ms), r.rejection_latency.count) } else { "none".into() }),
+        ("  to the kernel's receipt", if r.rejection_kernel_latency.count > 0 { format!("{} / {} / {}", ms(r.rejection_kernel_latency.p50_ms), ms(r.rejection_kernel_latency.p99_ms), ms(r.rejection_kernel_latency.max_ms)) } else { "—".into() }),
         ("events", match &r.verification {
             Some(v) => format!(
                 "{} sent, {} acknowledged, {} delivered, {} missing, {} duplicates, {} delivered unacknowledged, {} in DLQ ({} records read in {:.1} s{})",
@@ -125,10 +126,11 @@ pub fn run_table(r: &RunResult) -> String {
             "machine cores during load",
             match &r.cpu {
                 Some(c) => format!(
-                    "{:.2} busy: broker {}, other work {} (of {} cores)",
+                    "{:.2} busy: broker {}, other work {}; {} withheld by the hypervisor (steal) (of {} cores)",
                     c.machine_busy_cores,
                     c.broker_cores.map(|b| format!("{b:.2}")).unwrap_or_else(|| "?".into()),
                     c.other_cores.map(|b| format!("{b:.2}")).unwrap_or_else(|| "?".into()),
+                    c.steal_cores.map(|b| format!("{b:.2}")).unwrap_or_else(|| "?".into()),
                     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
                 ),
                 None => "—".into(),
@@ -531,15 +533,54 @@ fn overload_rows(
             }
         } else {
             format!(
-                "**{} ms** (runs {}; median p50 {} ms)",
+                "**{} ms** (runs {}; median p50 {} ms){}{}",
                 ms(rej.median),
-                rej.values.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(", "),
-                ms(s.rejection_p50_ms.median)
+                runs_ms(rej),
+                ms(s.rejection_p50_ms.median),
+                if s.rejection_kernel_p99_ms.values.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; to the kernel's receipt of the answer, without loadgen's own delay in noticing it: p99 {} ms (runs {})",
+                        ms(s.rejection_kernel_p99_ms.median),
+                        runs_ms(&s.rejection_kernel_p99_ms)
+                    )
+                },
+                steal(s)
             )
         },
         floor: "< 5 ms".into(),
         meets: (!rej.values.is_empty()).then_some(rej.median < 5.0),
     });
+    // The same load against a server that does nothing: what this machine allows any server's answers.
+    if let Some(bare) = c.summary_of("bare") {
+        rows.push(Row {
+            row: "(g)".into(),
+            measure: format!(
+                "reference: `bare` (an axum handler answering 202, nothing else) at the same open-loop load{threads}: p99 latency from actual send"
+            ),
+            result: format!("{} ms (runs {}; p50 {} ms){}", ms(bare.p99_actual_ms.median), runs_ms(&bare.p99_actual_ms), ms(bare.p50_actual_ms.median), steal(bare)),
+            floor: "—".into(),
+            meets: None,
+        });
+    }
+}
+
+/// "a, b, c" of a stat's values in ms.
+fn runs_ms(st: &Stat) -> String {
+    st.values.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(", ")
+}
+
+/// "; steal 0.12 cores (runs …)" when the hypervisor withheld CPU during the runs.
+fn steal(s: &ScenarioSummary) -> String {
+    if s.steal_cores.values.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; steal {:.2} cores (runs {})",
+        s.steal_cores.median,
+        s.steal_cores.values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ")
+    )
 }
 
 /// The generated results section of docs/benchmarks.md.
@@ -581,7 +622,7 @@ pub fn suite_markdown(r: &SuiteResults) -> String {
         s,
         "\n**Per scenario** (medians over repeats; CV = coefficient of variation of throughput, or of p99 for open-loop runs; ⚠ = CV > 0.1)\n"
     );
-    let _ = writeln!(s, "| Suite | Scenario | req/s | events/s | delivered events/s | p50 / p90 / p99 / max ms | CV | non-2xx | acked → delivered (missing, dup) | RSS idle / peak MiB | target CPU µs/event | cores: target / loadgen / broker / other |");
+    let _ = writeln!(s, "| Suite | Scenario | req/s | events/s | delivered events/s | p50 / p90 / p99 / max ms | CV | non-2xx | acked → delivered (missing, dup) | RSS idle / peak MiB | target CPU µs/event | cores: target / loadgen / broker / other / steal |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for suite in &r.suites {
         for x in &suite.result.summary {
@@ -613,7 +654,7 @@ pub fn suite_markdown(r: &SuiteResults) -> String {
                 } else {
                     format!("{:.1}", x.target_cpu_us_per_event.median)
                 },
-                [&x.target_cores, &x.loadgen_cores, &x.broker_cores, &x.other_cores]
+                [&x.target_cores, &x.loadgen_cores, &x.broker_cores, &x.other_cores, &x.steal_cores]
                     .iter()
                     .map(|st| if st.values.is_empty() { "—".to_string() } else { format!("{:.2}", st.median) })
                     .collect::<Vec<_>>()

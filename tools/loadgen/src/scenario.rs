@@ -59,6 +59,10 @@ pub struct RunResult {
     pub service_latency: Latency,
     /// Non-2xx answers, from the actual send.
     pub rejection_latency: Latency,
+    /// Non-2xx answers, from the actual send to the kernel's receipt of the answer (loadgen's own delay in
+    /// noticing it left out).
+    #[serde(default)]
+    pub rejection_kernel_latency: Latency,
     pub elapsed_s: f64,
     // What Kafka holds.
     pub verification: Option<Verification>,
@@ -370,6 +374,7 @@ pub async fn run_scenario(
         latency: Latency::from_hist(&outcome.latency),
         service_latency: Latency::from_hist(&outcome.service_latency),
         rejection_latency: Latency::from_hist(&outcome.rejection_latency),
+        rejection_kernel_latency: Latency::from_hist(&outcome.rejection_kernel_latency),
         elapsed_s: outcome.elapsed_s,
         delivered: verification.as_ref().map(|v| v.delivered),
         missing: verification.as_ref().map(|v| v.missing),

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{cv, fmt_duration, median, now_rfc3339, Latency, Target};
+use crate::common::{cv, fmt_duration, median, now_rfc3339, Target};
 use crate::scenario::{run_scenario, RunResult};
 use crate::{Cli, Cmd, LoadArgs, TargetArgs};
 
@@ -34,11 +34,19 @@ pub struct ScenarioSummary {
     pub p90_ms: Stat,
     pub p99_ms: Stat,
     pub max_ms: Stat,
+    /// 2xx latency from the actual send (open loop; the same as p50_ms/p99_ms in closed loop).
+    #[serde(default)]
+    pub p50_actual_ms: Stat,
+    #[serde(default)]
+    pub p99_actual_ms: Stat,
     /// p99 of non-2xx answers (from the actual send), runs that had any.
     pub rejection_p99_ms: Stat,
     /// p50 of non-2xx answers (from the actual send), runs that had any.
     #[serde(default)]
     pub rejection_p50_ms: Stat,
+    /// p99 of non-2xx answers from the actual send to the kernel's receipt of the answer, runs that had any.
+    #[serde(default)]
+    pub rejection_kernel_p99_ms: Stat,
     pub requests: u64,
     pub ok_2xx: u64,
     pub non_2xx: u64,
@@ -56,6 +64,9 @@ pub struct ScenarioSummary {
     pub loadgen_cores: Stat,
     pub broker_cores: Stat,
     pub other_cores: Stat,
+    /// Cores' worth of CPU the hypervisor withheld (steal).
+    #[serde(default)]
+    pub steal_cores: Stat,
     /// The metric whose CV decides `noisy`: throughput in closed loop, p99 in open loop.
     pub headline: String,
     pub headline_cv: f64,
@@ -192,8 +203,8 @@ fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>) -> S
             Some(verified.iter().filter_map(|r| f(r)).sum())
         }
     };
-    let rejections = |f: &dyn Fn(&Latency) -> f64| {
-        Stat::of(runs.iter().filter(|r| r.rejection_latency.count > 0).map(|r| f(&r.rejection_latency)).collect())
+    let rejections = |f: &dyn Fn(&RunResult) -> f64| {
+        Stat::of(runs.iter().filter(|r| r.rejection_latency.count > 0).map(|r| f(r)).collect())
     };
     let open_loop = runs.iter().any(|r| r.rate.is_some());
     let req = stat(&|r| r.req_per_s);
@@ -216,8 +227,16 @@ fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>) -> S
         p50_ms: stat(&|r| r.latency.p50_ms),
         p90_ms: stat(&|r| r.latency.p90_ms),
         max_ms: stat(&|r| r.latency.max_ms),
-        rejection_p99_ms: rejections(&|l| l.p99_ms),
-        rejection_p50_ms: rejections(&|l| l.p50_ms),
+        p50_actual_ms: stat(&|r| r.service_latency.p50_ms),
+        p99_actual_ms: stat(&|r| r.service_latency.p99_ms),
+        rejection_p99_ms: rejections(&|r| r.rejection_latency.p99_ms),
+        rejection_p50_ms: rejections(&|r| r.rejection_latency.p50_ms),
+        rejection_kernel_p99_ms: Stat::of(
+            runs.iter()
+                .filter(|r| r.rejection_kernel_latency.count > 0)
+                .map(|r| r.rejection_kernel_latency.p99_ms)
+                .collect(),
+        ),
         requests: runs.iter().map(|r| r.requests_sent).sum(),
         ok_2xx: runs.iter().map(|r| r.ok_2xx).sum(),
         non_2xx: runs.iter().map(|r| r.requests_sent.saturating_sub(r.ok_2xx)).sum(),
@@ -246,6 +265,7 @@ fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>) -> S
         ),
         broker_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.broker_cores)).collect()),
         other_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.other_cores)).collect()),
+        steal_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.steal_cores)).collect()),
         noisy: headline_cv > 0.1,
         headline,
         headline_cv,
@@ -338,8 +358,8 @@ pub const SUITES: &[SuiteDef] = &[
     SuiteDef {
         name: "overload-shed",
         row: "(g)",
-        title: "as shed-peak, open loop at 2× its peak, 512 connections: the excess is shed (503 overloaded); 2 sending threads, so that answers do not queue behind one busy client thread",
-        args: "--scenarios full --connections 512 --batch 1 --ack kafka --rate {double_shed_peak} --timeout 5s --load-threads 2 --service-env MAX_CONCURRENT_REQUESTS=64",
+        title: "as shed-peak, open loop at 2× its peak, 512 connections: the excess is shed (503 overloaded); 2 sending threads, so that answers do not queue behind one busy client thread; `bare` under the same load alternates with it, as the latency this machine allows a server that does nothing",
+        args: "--scenarios full,bare --connections 512 --batch 1 --ack kafka --rate {double_shed_peak} --timeout 5s --load-threads 2 --service-env MAX_CONCURRENT_REQUESTS=64",
         min_repeats: 5,
     },
 ];
