@@ -146,6 +146,11 @@ pub struct LoadArgs {
     /// thread to read them and its queueing shows up in the latencies.
     #[arg(long)]
     pub load_threads: Option<usize>,
+    /// `compare` (and the suites): a round of runs during which the hypervisor withheld more than this many
+    /// cores' worth of CPU (steal, /proc/stat) is set aside and run again, at most `--repeats` times a
+    /// compare; 0 keeps every round. A run the machine did not get its CPU for measures the host.
+    #[arg(long, default_value_t = 0.05)]
+    pub steal_limit: f64,
 }
 
 /// Where the target and the broker are, and how a run is checked.

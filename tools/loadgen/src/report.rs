@@ -163,6 +163,14 @@ pub fn run_table(r: &RunResult) -> String {
 pub fn compare_table(c: &CompareResult) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "\n{} — {} × {}", c.name, c.scenarios.join(" / "), c.repeats);
+    if !c.set_aside.is_empty() {
+        let _ = writeln!(
+            s,
+            "  ({} runs set aside and run again: the hypervisor withheld more than {} cores during them)",
+            c.set_aside.len(),
+            c.steal_limit
+        );
+    }
     let _ = writeln!(
         s,
         "  {:<10} {:>4} {:>10} {:>7} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>17} {:>13}",
@@ -245,10 +253,18 @@ fn pairs_text(per_pair: &[f64]) -> String {
 }
 
 fn noisy_mark(s: Option<&ScenarioSummary>) -> String {
-    match s {
-        Some(x) if x.noisy => format!(" ⚠ {} CV {:.2} > 0.1", x.scenario, x.headline_cv),
-        _ => String::new(),
+    let Some(x) = s else { return String::new() };
+    let mut mark = String::new();
+    if x.noisy {
+        mark += &format!(" ⚠ {} CV {:.2} > 0.1", x.scenario, x.headline_cv);
     }
+    if x.steal_over_limit > 0 {
+        mark += &format!(
+            " ⚠ {} run(s) of {} short of CPU (steal), kept when the reruns ran out",
+            x.steal_over_limit, x.scenario
+        );
+    }
+    mark
 }
 
 /// The rows (a)–(g) from the suites that ran.
@@ -376,8 +392,12 @@ pub fn rows(r: &SuiteResults) -> Vec<Row> {
         }
     }
     // (e) every verified run.
-    let verified: Vec<&RunResult> =
-        r.suites.iter().flat_map(|s| s.result.runs.iter()).filter(|x| x.verification.is_some()).collect();
+    let verified: Vec<&RunResult> = r
+        .suites
+        .iter()
+        .flat_map(|s| s.result.runs.iter().chain(&s.result.set_aside))
+        .filter(|x| x.verification.is_some())
+        .collect();
     if !verified.is_empty() {
         let acked: u64 = verified.iter().map(|x| x.verification.as_ref().unwrap().acked).sum();
         let delivered: u64 = verified.iter().filter_map(|x| x.delivered).sum();
@@ -602,8 +622,8 @@ pub fn suite_markdown(r: &SuiteResults) -> String {
     );
     let _ = writeln!(
         s,
-        "- **Runs**: {} s each ({} s warm-up not measured), {} repeats{}, scenarios alternating; loadgen sends from {} thread(s) unless a row says otherwise; service `{}` with RATE_LIMIT_RPS=0 and otherwise default settings (QUEUE_SIZE 10000, WORKER_POOL_SIZE 10){}",
-        r.duration_s, r.warmup_s, r.repeats, more_repeats(r), r.loadgen_threads, r.service_bin,
+        "- **Runs**: {} s each ({} s warm-up not measured), {} repeats{}, scenarios alternating{}; loadgen sends from {} thread(s) unless a row says otherwise; service `{}` with RATE_LIMIT_RPS=0 and otherwise default settings (QUEUE_SIZE 10000, WORKER_POOL_SIZE 10){}",
+        r.duration_s, r.warmup_s, r.repeats, more_repeats(r), steal_rule(r), r.loadgen_threads, r.service_bin,
         if r.quick { " — **--quick: short runs, for checking the harness, not for the record**" } else { "" }
     );
     if let Some(p) = r.peak_rps {
@@ -668,7 +688,15 @@ pub fn suite_markdown(r: &SuiteResults) -> String {
         for f in &suite.result.failures {
             notes.push(format!("FAILED run: {f}"));
         }
-        for run in &suite.result.runs {
+        for run in &suite.result.set_aside {
+            notes.push(format!(
+                "{}: set aside and run again, the hypervisor withheld {:.2} cores (steal > {})",
+                run.label,
+                run.cpu.as_ref().and_then(|c| c.steal_cores).unwrap_or(f64::NAN),
+                suite.result.steal_limit
+            ));
+        }
+        for run in suite.result.runs.iter().chain(&suite.result.set_aside) {
             let non_ok: Vec<String> = run
                 .status_counts
                 .iter()
@@ -718,6 +746,17 @@ pub fn suite_markdown(r: &SuiteResults) -> String {
     }
     let _ = writeln!(s, "```");
     s
+}
+
+/// How rounds short of CPU were handled, when the rule was on.
+fn steal_rule(r: &SuiteResults) -> String {
+    let Some(limit) = r.suites.first().map(|s| s.result.steal_limit).filter(|l| *l > 0.0) else {
+        return String::new();
+    };
+    let n: usize = r.suites.iter().map(|s| s.result.set_aside.len()).sum();
+    format!(
+        "; a round during which the hypervisor withheld more than {limit} cores (steal) is set aside and run again, at most as many times as the suite has repeats ({n} runs set aside in this table, listed under Observations)"
+    )
 }
 
 /// ", 5 for noop-overhead and overload-shed": the suites of this run given more repeats than the rest.

@@ -15,7 +15,7 @@ use crate::verify::{self, Verification};
 use crate::{LoadArgs, TargetArgs};
 
 /// Everything one run measured. Rates are over the measured window (after warm-up).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RunResult {
     pub scenario: String,
     pub label: String,

@@ -67,6 +67,9 @@ pub struct ScenarioSummary {
     /// Cores' worth of CPU the hypervisor withheld (steal).
     #[serde(default)]
     pub steal_cores: Stat,
+    /// Runs kept although the hypervisor withheld more than the steal limit (the reruns ran out).
+    #[serde(default)]
+    pub steal_over_limit: usize,
     /// The metric whose CV decides `noisy`: throughput in closed loop, p99 in open loop.
     pub headline: String,
     pub headline_cv: f64,
@@ -94,6 +97,12 @@ pub struct CompareResult {
     pub scenarios: Vec<String>,
     pub repeats: usize,
     pub runs: Vec<RunResult>,
+    /// Rounds run again because the hypervisor withheld more CPU than `steal_limit` during them: kept for
+    /// the record (and their deliveries still checked), not counted in the summary.
+    #[serde(default)]
+    pub set_aside: Vec<RunResult>,
+    #[serde(default)]
+    pub steal_limit: f64,
     /// Runs that failed to complete (setup or load errors), with the error.
     pub failures: Vec<String>,
     pub summary: Vec<ScenarioSummary>,
@@ -121,12 +130,17 @@ pub async fn compare(
     command: Option<String>,
 ) -> anyhow::Result<CompareResult> {
     let mut runs: Vec<(usize, RunResult)> = Vec::new();
+    let mut set_aside = Vec::new();
     let mut failures = Vec::new();
-    for r in 0..repeats.max(1) {
+    let repeats = repeats.max(1);
+    let mut retries = if load.steal_limit > 0.0 { repeats } else { 0 };
+    let mut r = 0;
+    while r < repeats {
+        let mut round = Vec::new();
         for s in scenarios {
             let label = format!("{name} {} {}/{}", s.name(), r + 1, repeats);
             match run_scenario(*s, load, opts, &label, threads).await {
-                Ok(res) => runs.push((r, res)),
+                Ok(res) => round.push((r, res)),
                 Err(e) => {
                     eprintln!("[{label}] FAILED: {e:#}");
                     failures.push(format!("{label}: {e:#}"));
@@ -135,10 +149,23 @@ pub async fn compare(
             // Let the broker finish deleting the last run's topics and the machine settle.
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        let steal = short_of_cpu(round.iter().map(|(_, x)| x), load.steal_limit);
+        if let (Some(steal), true) = (steal, retries > 0) {
+            retries -= 1;
+            eprintln!(
+                "[{name}] round {}/{repeats} set aside: the hypervisor withheld {steal:.2} cores (steal > {}); running it again",
+                r + 1,
+                load.steal_limit
+            );
+            set_aside.extend(round.into_iter().map(|(_, x)| x));
+            continue;
+        }
+        runs.extend(round);
+        r += 1;
     }
     let summary = scenarios
         .iter()
-        .map(|s| summarize(s.name(), runs.iter().map(|(_, r)| r).filter(|r| r.scenario == s.name())))
+        .map(|s| summarize(s.name(), runs.iter().map(|(_, r)| r).filter(|r| r.scenario == s.name()), load.steal_limit))
         .collect();
     let mut ratios = Vec::new();
     for (i, a) in scenarios.iter().enumerate() {
@@ -186,13 +213,21 @@ pub async fn compare(
         scenarios: scenarios.iter().map(|s| s.name().to_string()).collect(),
         repeats,
         runs: runs.into_iter().map(|(_, r)| r).collect(),
+        set_aside,
+        steal_limit: load.steal_limit,
         failures,
         summary,
         ratios,
     })
 }
 
-fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>) -> ScenarioSummary {
+/// The most CPU the hypervisor withheld during one of `runs`, if it was over `limit` (0: never).
+fn short_of_cpu<'a>(runs: impl Iterator<Item = &'a RunResult>, limit: f64) -> Option<f64> {
+    let steal = runs.filter_map(|x| x.cpu.as_ref()?.steal_cores).fold(0.0, f64::max);
+    (limit > 0.0 && steal > limit).then_some(steal)
+}
+
+fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>, steal_limit: f64) -> ScenarioSummary {
     let runs: Vec<&RunResult> = runs.collect();
     let stat = |f: &dyn Fn(&RunResult) -> f64| Stat::of(runs.iter().map(|r| f(r)).collect());
     let verified: Vec<&&RunResult> = runs.iter().filter(|r| r.verification.is_some()).collect();
@@ -266,6 +301,12 @@ fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>) -> S
         broker_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.broker_cores)).collect()),
         other_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.other_cores)).collect()),
         steal_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.steal_cores)).collect()),
+        steal_over_limit: runs
+            .iter()
+            .filter(|r| {
+                steal_limit > 0.0 && r.cpu.as_ref().and_then(|c| c.steal_cores).is_some_and(|x| x > steal_limit)
+            })
+            .count(),
         noisy: headline_cv > 0.1,
         headline,
         headline_cv,
@@ -610,5 +651,26 @@ mod tests {
         assert_eq!(load.load_threads, Some(2), "the shed pair sends from 2 threads");
         let (_, load, _) = parse_compare(&suite_args(half, Some(10_000.0), None).unwrap()).unwrap();
         assert_eq!(load.load_threads, Some(2), "the half-load latency is measured from 2 sending threads");
+    }
+
+    fn run_with_steal(steal: Option<f64>) -> RunResult {
+        RunResult {
+            scenario: "full".into(),
+            req_per_s: 1000.0,
+            cpu: Some(crate::common::CpuShare { steal_cores: steal, ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rounds_short_of_cpu_are_told_apart() {
+        let calm = [run_with_steal(Some(0.01)), run_with_steal(None)];
+        assert_eq!(short_of_cpu(calm.iter(), 0.05), None);
+        let stolen = [run_with_steal(Some(0.01)), run_with_steal(Some(0.3))];
+        assert_eq!(short_of_cpu(stolen.iter(), 0.05), Some(0.3), "one run short of CPU sets the round aside");
+        assert_eq!(short_of_cpu(stolen.iter(), 0.0), None, "limit 0 keeps every round");
+        let s = summarize("full", stolen.iter(), 0.05);
+        assert_eq!((s.runs, s.steal_over_limit), (2, 1), "a kept run over the limit is marked in the summary");
+        assert_eq!(s.steal_cores.values, vec![0.01, 0.3]);
     }
 }
