@@ -690,7 +690,7 @@ pub fn suite_markdown(r: &SuiteResults) -> String {
         }
         for run in &suite.result.set_aside {
             notes.push(format!(
-                "{}: set aside and run again, the hypervisor withheld {:.2} cores (steal > {})",
+                "{}: set aside with its round and run again (steal in this run {:.3} cores; a round is set aside when one of its runs had more than {})",
                 run.label,
                 run.cpu.as_ref().and_then(|c| c.steal_cores).unwrap_or(f64::NAN),
                 suite.result.steal_limit

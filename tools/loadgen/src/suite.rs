@@ -153,7 +153,7 @@ pub async fn compare(
         if let (Some(steal), true) = (steal, retries > 0) {
             retries -= 1;
             eprintln!(
-                "[{name}] round {}/{repeats} set aside: the hypervisor withheld {steal:.2} cores (steal > {}); running it again",
+                "[{name}] round {}/{repeats} set aside: the hypervisor withheld {steal:.3} cores (steal > {}); running it again",
                 r + 1,
                 load.steal_limit
             );
