@@ -45,9 +45,11 @@ if ((update_doc)); then
   grep -qF "$BEGIN" "$DOC" && grep -qF "$END" "$DOC" || { echo "bench.sh: $DOC lacks the $BEGIN / $END markers" >&2; exit 1; }
 fi
 
+started_kafka=0
 if ! scripts/kafka.sh status >/dev/null 2>&1; then
   echo "bench.sh: starting Kafka (scripts/kafka.sh start)" >&2
   scripts/kafka.sh start >/dev/null
+  started_kafka=1
 fi
 kafka_version=$(scripts/kafka.sh env 2>/dev/null | sed -n 's/^KAFKA_VERSION=//p')
 
@@ -59,6 +61,18 @@ fi
 out="target/bench/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$out"
 echo "bench.sh: results in $out" >&2
+
+# A broker started a moment ago still has its JIT compiling, which takes most of a core in bursts for the
+# first minutes: the first rows would measure the broker's warm-up (docs/benchmarks.md, row (g)). So a
+# broker this script started gets a minute of the same kinds of runs first (topics created and deleted,
+# produce, read-back), unmeasured.
+if ((started_kafka)) && ((${#quick[@]} == 0)); then
+  echo "bench.sh: warming up the new broker (≈ 1 min, not measured; log in $out/broker-warmup.log)" >&2
+  target/release/loadgen compare --scenarios full,raw-kafka --connections 64 --batch 1 --ack kafka \
+    --repeats 2 --duration 12s --warmup 0s --steal-limit 0 \
+    --service-bin target/release/event-ingestor >"$out/broker-warmup.log" 2>&1 ||
+    { echo "bench.sh: the broker warm-up failed; see $out/broker-warmup.log" >&2; exit 1; }
+fi
 target/release/loadgen suite "${suites[@]}" "${quick[@]}" \
   --service-bin target/release/event-ingestor \
   --kafka-label "Kafka ${kafka_version:-?} single node (scripts/kafka.sh)" \
