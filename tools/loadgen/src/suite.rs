@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{cv, fmt_duration, median, now_rfc3339, Target};
+use crate::common::{cv, fmt_duration, median, now_rfc3339, Latency, Target};
 use crate::scenario::{run_scenario, RunResult};
 use crate::{Cli, Cmd, LoadArgs, TargetArgs};
 
@@ -238,8 +238,9 @@ fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>, stea
             Some(verified.iter().filter_map(|r| f(r)).sum())
         }
     };
-    let rejections = |f: &dyn Fn(&RunResult) -> f64| {
-        Stat::of(runs.iter().filter(|r| r.rejection_latency.count > 0).map(|r| f(r)).collect())
+    // A percentile of the runs that measured any such answer.
+    let answered = |lat: &dyn Fn(&RunResult) -> &Latency, q: &dyn Fn(&Latency) -> f64| {
+        Stat::of(runs.iter().map(|r| lat(r)).filter(|l| l.count > 0).map(q).collect())
     };
     let open_loop = runs.iter().any(|r| r.rate.is_some());
     let req = stat(&|r| r.req_per_s);
@@ -264,14 +265,9 @@ fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>, stea
         max_ms: stat(&|r| r.latency.max_ms),
         p50_actual_ms: stat(&|r| r.service_latency.p50_ms),
         p99_actual_ms: stat(&|r| r.service_latency.p99_ms),
-        rejection_p99_ms: rejections(&|r| r.rejection_latency.p99_ms),
-        rejection_p50_ms: rejections(&|r| r.rejection_latency.p50_ms),
-        rejection_kernel_p99_ms: Stat::of(
-            runs.iter()
-                .filter(|r| r.rejection_kernel_latency.count > 0)
-                .map(|r| r.rejection_kernel_latency.p99_ms)
-                .collect(),
-        ),
+        rejection_p99_ms: answered(&|r| &r.rejection_latency, &|l| l.p99_ms),
+        rejection_p50_ms: answered(&|r| &r.rejection_latency, &|l| l.p50_ms),
+        rejection_kernel_p99_ms: answered(&|r| &r.rejection_kernel_latency, &|l| l.p99_ms),
         requests: runs.iter().map(|r| r.requests_sent).sum(),
         ok_2xx: runs.iter().map(|r| r.ok_2xx).sum(),
         non_2xx: runs.iter().map(|r| r.requests_sent.saturating_sub(r.ok_2xx)).sum(),
@@ -301,12 +297,7 @@ fn summarize<'a>(scenario: &str, runs: impl Iterator<Item = &'a RunResult>, stea
         broker_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.broker_cores)).collect()),
         other_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.other_cores)).collect()),
         steal_cores: Stat::of(runs.iter().filter_map(|r| r.cpu.as_ref().and_then(|c| c.steal_cores)).collect()),
-        steal_over_limit: runs
-            .iter()
-            .filter(|r| {
-                steal_limit > 0.0 && r.cpu.as_ref().and_then(|c| c.steal_cores).is_some_and(|x| x > steal_limit)
-            })
-            .count(),
+        steal_over_limit: runs.iter().filter(|r| short_of_cpu(std::iter::once(**r), steal_limit).is_some()).count(),
         noisy: headline_cv > 0.1,
         headline,
         headline_cv,
