@@ -115,6 +115,31 @@ impl ApiError {
         let _ = serde_json::to_writer(&mut body, &doc);
         body
     }
+
+    /// The answer carrying `body`: the status, the problem+json type, `Retry-After` and the error's headers.
+    fn respond(self, body: Body) -> Response {
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+        response
+    }
+
+    /// [`ApiError::overloaded`] as an answer. Its document never changes, and it is the answer a service
+    /// over its limit gives most: rendered once per process (and kept for the process's life).
+    pub fn overloaded_response() -> Response {
+        static BODY: OnceLock<&'static [u8]> = OnceLock::new();
+        let body = BODY.get_or_init(|| Box::leak(Self::overloaded().body().into_boxed_slice()));
+        Self::overloaded().respond(Body::from(Bytes::from_static(body)))
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -142,32 +167,6 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body::from(self.body());
         self.respond(body)
-    }
-}
-
-impl ApiError {
-    fn respond(self, body: Body) -> Response {
-        let mut response = Response::new(body);
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let Some(secs) = self.retry_after_secs {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        for (name, value) in self.headers {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                headers.insert(name, v);
-            }
-        }
-        response
-    }
-
-    /// [`ApiError::overloaded`] as an answer. Its document never changes, and it is the answer a service
-    /// over its limit gives most: rendered once per process (and kept for the process's life).
-    pub fn overloaded_response() -> Response {
-        static BODY: OnceLock<&'static [u8]> = OnceLock::new();
-        let body = BODY.get_or_init(|| Box::leak(Self::overloaded().body().into_boxed_slice()));
-        Self::overloaded().respond(Body::from(Bytes::from_static(body)))
     }
 }
 
