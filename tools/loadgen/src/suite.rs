@@ -149,8 +149,9 @@ pub async fn compare(
             // Let the broker finish deleting the last run's topics and the machine settle.
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let steal = short_of_cpu(round.iter().map(|(_, x)| x), load.steal_limit);
-        if let (Some(steal), true) = (steal, retries > 0) {
+        // Run again while reruns are left; after that the round is kept and its summary marks it.
+        let steal = short_of_cpu(round.iter().map(|(_, x)| x), load.steal_limit).filter(|_| retries > 0);
+        if let Some(steal) = steal {
             retries -= 1;
             eprintln!(
                 "[{name}] round {}/{repeats} set aside: the hypervisor withheld {steal:.3} cores (steal > {}); running it again",
