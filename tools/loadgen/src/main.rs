@@ -151,6 +151,11 @@ pub struct LoadArgs {
     /// compare; 0 keeps every round. A run the machine did not get its CPU for measures the host.
     #[arg(long, default_value_t = 0.05)]
     pub steal_limit: f64,
+    /// `compare` (and the suites): end every round with a closed-loop run of `full` on this many connections
+    /// (scenario `peak`). An open-loop load's goodput is then judged against a peak of the same minutes: this
+    /// machine's speed drifts by a third within a few minutes, more than a floor's margin.
+    #[arg(long)]
+    pub peak_connections: Option<usize>,
 }
 
 /// Where the target and the broker are, and how a run is checked.

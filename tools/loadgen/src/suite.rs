@@ -110,6 +110,71 @@ pub struct CompareResult {
 }
 
 impl CompareResult {
+    /// The summary and the per-round ratios of `runs` (each with its round), for `names` in their order.
+    pub(crate) fn of_runs(
+        name: &str,
+        names: &[&str],
+        repeats: usize,
+        runs: Vec<(usize, RunResult)>,
+        steal_limit: f64,
+    ) -> Self {
+        let summary = names
+            .iter()
+            .map(|&s| summarize(s, runs.iter().map(|(_, r)| r).filter(|r| r.scenario == s), steal_limit))
+            .collect();
+        let mut ratios = Vec::new();
+        for (i, &a) in names.iter().enumerate() {
+            for &b in &names[i + 1..] {
+                for metric in ["req_per_s", "events_per_s", "delivered_events_per_s"] {
+                    let get = |r: &RunResult| -> Option<f64> {
+                        match metric {
+                            "req_per_s" => Some(r.req_per_s),
+                            "events_per_s" => Some(r.events_per_s),
+                            _ => r.delivered_events_per_s,
+                        }
+                    };
+                    let mut per_pair = Vec::new();
+                    let (mut av, mut bv) = (Vec::new(), Vec::new());
+                    for rep in 0..repeats {
+                        let find = |t: &str| {
+                            runs.iter().find(|(rr, x)| *rr == rep && x.scenario == t).and_then(|(_, x)| get(x))
+                        };
+                        if let (Some(x), Some(y)) = (find(a), find(b)) {
+                            if y > 0.0 {
+                                per_pair.push(x / y);
+                            }
+                            av.push(x);
+                            bv.push(y);
+                        }
+                    }
+                    if per_pair.is_empty() {
+                        continue;
+                    }
+                    ratios.push(Ratio {
+                        numerator: a.into(),
+                        denominator: b.into(),
+                        metric: metric.into(),
+                        median: median(&per_pair),
+                        ratio_of_medians: median(&av) / median(&bv),
+                        per_pair,
+                    });
+                }
+            }
+        }
+        CompareResult {
+            name: name.to_string(),
+            command: String::new(),
+            scenarios: names.iter().map(|s| s.to_string()).collect(),
+            repeats,
+            runs: runs.into_iter().map(|(_, r)| r).collect(),
+            set_aside: Vec::new(),
+            steal_limit,
+            failures: Vec::new(),
+            summary,
+            ratios,
+        }
+    }
+
     pub fn summary_of(&self, scenario: &str) -> Option<&ScenarioSummary> {
         self.summary.iter().find(|s| s.scenario == scenario)
     }
@@ -119,7 +184,11 @@ impl CompareResult {
     }
 }
 
-/// Runs `scenarios` in turn, `repeats` times (A B A B …), with the same load.
+/// The scenario name of the closed-loop `full` run that `--peak-connections` adds to every round.
+pub const PEAK: &str = "peak";
+
+/// Runs `scenarios` in turn, `repeats` times (A B A B …), with the same load; with `--peak-connections`,
+/// each round ends with a closed-loop run of `full` on that many connections (scenario `peak`).
 pub async fn compare(
     name: &str,
     scenarios: &[Target],
@@ -129,6 +198,13 @@ pub async fn compare(
     threads: usize,
     command: Option<String>,
 ) -> anyhow::Result<CompareResult> {
+    let peak_load =
+        load.peak_connections.map(|n| LoadArgs { connections: n, rate: None, peak_connections: None, ..load.clone() });
+    let arms: Vec<(&str, Target, &LoadArgs)> = scenarios
+        .iter()
+        .map(|s| (s.name(), *s, load))
+        .chain(peak_load.as_ref().map(|l| (PEAK, Target::Full, l)))
+        .collect();
     let mut runs: Vec<(usize, RunResult)> = Vec::new();
     let mut set_aside = Vec::new();
     let mut failures = Vec::new();
@@ -137,10 +213,10 @@ pub async fn compare(
     let mut r = 0;
     while r < repeats {
         let mut round = Vec::new();
-        for s in scenarios {
-            let label = format!("{name} {} {}/{}", s.name(), r + 1, repeats);
-            match run_scenario(*s, load, opts, &label, threads).await {
-                Ok(res) => round.push((r, res)),
+        for &(arm, target, arm_load) in &arms {
+            let label = format!("{name} {arm} {}/{}", r + 1, repeats);
+            match run_scenario(target, arm_load, opts, &label, threads).await {
+                Ok(res) => round.push((r, RunResult { scenario: arm.to_string(), ..res })),
                 Err(e) => {
                     eprintln!("[{label}] FAILED: {e:#}");
                     failures.push(format!("{label}: {e:#}"));
@@ -164,61 +240,12 @@ pub async fn compare(
         runs.extend(round);
         r += 1;
     }
-    let summary = scenarios
-        .iter()
-        .map(|s| summarize(s.name(), runs.iter().map(|(_, r)| r).filter(|r| r.scenario == s.name()), load.steal_limit))
-        .collect();
-    let mut ratios = Vec::new();
-    for (i, a) in scenarios.iter().enumerate() {
-        for b in &scenarios[i + 1..] {
-            for metric in ["req_per_s", "events_per_s", "delivered_events_per_s"] {
-                let get = |r: &RunResult| -> Option<f64> {
-                    match metric {
-                        "req_per_s" => Some(r.req_per_s),
-                        "events_per_s" => Some(r.events_per_s),
-                        _ => r.delivered_events_per_s,
-                    }
-                };
-                let mut per_pair = Vec::new();
-                let (mut av, mut bv) = (Vec::new(), Vec::new());
-                for rep in 0..repeats {
-                    let find = |t: &Target| {
-                        runs.iter().find(|(rr, x)| *rr == rep && x.scenario == t.name()).and_then(|(_, x)| get(x))
-                    };
-                    if let (Some(x), Some(y)) = (find(a), find(b)) {
-                        if y > 0.0 {
-                            per_pair.push(x / y);
-                        }
-                        av.push(x);
-                        bv.push(y);
-                    }
-                }
-                if per_pair.is_empty() {
-                    continue;
-                }
-                ratios.push(Ratio {
-                    numerator: a.name().into(),
-                    denominator: b.name().into(),
-                    metric: metric.into(),
-                    median: median(&per_pair),
-                    ratio_of_medians: median(&av) / median(&bv),
-                    per_pair,
-                });
-            }
-        }
-    }
-    let command = command.unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" "));
+    let names: Vec<&str> = arms.iter().map(|(arm, _, _)| *arm).collect();
     Ok(CompareResult {
-        name: name.to_string(),
-        command,
-        scenarios: scenarios.iter().map(|s| s.name().to_string()).collect(),
-        repeats,
-        runs: runs.into_iter().map(|(_, r)| r).collect(),
+        command: command.unwrap_or_else(|| std::env::args().collect::<Vec<_>>().join(" ")),
         set_aside,
-        steal_limit: load.steal_limit,
         failures,
-        summary,
-        ratios,
+        ..CompareResult::of_runs(name, &names, repeats, runs, load.steal_limit)
     })
 }
 
@@ -342,8 +369,8 @@ pub const SUITES: &[SuiteDef] = &[
     SuiteDef {
         name: "overload",
         row: "(g)",
-        title: "single events, ack=queued, open loop at 2× the measured peak, 512 connections",
-        args: "--scenarios full --connections 512 --batch 1 --ack queued --rate {double_peak} --timeout 5s",
+        title: "single events, ack=queued, open loop at 2× the measured peak, 512 connections; every round also measures the peak again (`peak`: closed loop, 64 connections), for the goodput of the same minutes",
+        args: "--scenarios full --connections 512 --batch 1 --ack queued --rate {double_peak} --timeout 5s --peak-connections 64",
         min_repeats: 0,
     },
     SuiteDef {
@@ -391,8 +418,8 @@ pub const SUITES: &[SuiteDef] = &[
     SuiteDef {
         name: "overload-shed",
         row: "(g)",
-        title: "as shed-peak, open loop at 2× its peak, 512 connections: the excess is shed (503 overloaded); 2 sending threads, so that answers do not queue behind one busy client thread; `bare` under the same load alternates with it, as the latency this machine allows a server that does nothing",
-        args: "--scenarios full,bare --connections 512 --batch 1 --ack kafka --rate {double_shed_peak} --timeout 5s --load-threads 2 --service-env MAX_CONCURRENT_REQUESTS=64",
+        title: "as shed-peak, open loop at 2× its peak, 512 connections: the excess is shed (503 overloaded); 2 sending threads, so that answers do not queue behind one busy client thread; `bare` under the same load alternates with it, as the latency this machine allows a server that does nothing; every round also measures shed-peak's peak again (`peak`), for the goodput of the same minutes",
+        args: "--scenarios full,bare --connections 512 --batch 1 --ack kafka --rate {double_shed_peak} --timeout 5s --load-threads 2 --service-env MAX_CONCURRENT_REQUESTS=64 --peak-connections 64",
         min_repeats: 5,
     },
 ];
