@@ -523,7 +523,8 @@ fn overload_rows(
     let Some(s) = c.summary_of("full") else { return };
     let threads = sending_threads(c, default_threads);
     let rate = c.runs.first().and_then(|x| x.rate).unwrap_or(f64::NAN);
-    let vs_earlier = s.req_per_s.median / peak.unwrap_or(f64::NAN);
+    let earlier = peak.unwrap_or(f64::NAN);
+    let vs_earlier = s.req_per_s.median / earlier;
     let (goodput, against, detail) = match (c.ratio("full", PEAK, "req_per_s"), c.summary_of(PEAK)) {
         (Some(ratio), Some(p)) => (
             ratio.median,
@@ -534,7 +535,7 @@ fn overload_rows(
             ),
             format!("pairs {}; against {peak_name}: {vs_earlier:.2}; ", pairs_text(&ratio.per_pair)),
         ),
-        _ => (vs_earlier, format!("{peak_name} ({} req/s)", num(peak.unwrap_or(f64::NAN))), String::new()),
+        _ => (vs_earlier, format!("{peak_name} ({} req/s)", num(earlier)), String::new()),
     };
     rows.push(Row {
         row: "(g)".into(),
