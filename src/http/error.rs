@@ -56,8 +56,9 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
     }
 
-    pub fn overloaded() -> Self {
-        Self::unavailable("overloaded", "too many requests in progress (MAX_CONCURRENT_REQUESTS); retry shortly", 1)
+    pub fn overloaded(retry_after_secs: u64) -> Self {
+        let detail = "too many requests in progress (MAX_CONCURRENT_REQUESTS); retry later";
+        Self::unavailable("overloaded", detail, retry_after_secs)
     }
 
     pub fn request_timeout() -> Self {
@@ -133,12 +134,13 @@ impl ApiError {
         response
     }
 
-    /// [`ApiError::overloaded`] as an answer. Its document never changes, and it is the answer a service
-    /// over its limit gives most: rendered once per process (and kept for the process's life).
-    pub fn overloaded_response() -> Response {
+    /// [`ApiError::overloaded`] as an answer. Its document never changes (only `Retry-After` does), and it
+    /// is the answer a service over its limit gives most: rendered once per process (and kept for the
+    /// process's life).
+    pub fn overloaded_response(retry_after_secs: u64) -> Response {
         static BODY: OnceLock<&'static [u8]> = OnceLock::new();
-        let body = BODY.get_or_init(|| Box::leak(Self::overloaded().body().into_boxed_slice()));
-        Self::overloaded().respond(Body::from(Bytes::from_static(body)))
+        let body = BODY.get_or_init(|| Box::leak(Self::overloaded(1).body().into_boxed_slice()));
+        Self::overloaded(retry_after_secs).respond(Body::from(Bytes::from_static(body)))
     }
 }
 
@@ -188,13 +190,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_prerendered_overloaded_answer_is_the_overloaded_error() {
-        let expected = parts(ApiError::overloaded().into_response()).await;
-        for _ in 0..2 {
-            assert_eq!(parts(ApiError::overloaded_response()).await, expected);
+        for secs in [1, 7, 1] {
+            let expected = parts(ApiError::overloaded(secs).into_response()).await;
+            assert_eq!(parts(ApiError::overloaded_response(secs)).await, expected);
+            assert_eq!(expected.0, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(expected.1[header::RETRY_AFTER], secs.to_string());
+            assert_eq!(expected.2["code"], "overloaded");
         }
-        assert_eq!(expected.0, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(expected.1[header::RETRY_AFTER], "1");
-        assert_eq!(expected.2["code"], "overloaded");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -18,10 +18,10 @@ use axum::http::header::HeaderName;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
 use super::{ApiError, AppState, BEACON_PATH_LABEL, EVENTS_PATH, HEALTH_PATH, OPENAPI_PATH, TOPIC_EVENTS_PATH};
+use crate::ingest::drain::DrainRate;
 use crate::telemetry::Metrics;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -462,17 +462,47 @@ where
 
 // --- load shedding -------------------------------------------------------------------------------
 
-/// At most `MAX_CONCURRENT_REQUESTS` requests in progress; one more is refused at once with 503 and
-/// `Retry-After` (never queued behind the full limit).
+/// At most `MAX_CONCURRENT_REQUESTS` requests in progress; one more is refused at once (never queued
+/// behind the full limit) with 503 and a `Retry-After` of how long the requests in progress take to finish
+/// at the rate they have been finishing (Little's law), at most REQUEST_TIMEOUT (no request lasts longer).
 #[derive(Clone)]
 pub struct LoadShedLayer {
-    permits: Arc<Semaphore>,
+    in_progress: Arc<InProgress>,
+    finishing: Arc<DrainRate>,
+    max_retry_after_secs: u64,
     metrics: Metrics,
 }
 
+/// The requests in progress, and how many have finished.
+struct InProgress {
+    now: AtomicUsize,
+    max: usize,
+    finished: AtomicU64,
+}
+
+/// A request's place among those in progress, given back when it is answered.
+pub struct Slot(Arc<InProgress>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::Relaxed);
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl LoadShedLayer {
-    pub fn new(max_concurrent: usize, metrics: Metrics) -> Self {
-        LoadShedLayer { permits: Arc::new(Semaphore::new(max_concurrent)), metrics }
+    pub fn new(max_concurrent: usize, request_timeout: Duration, metrics: Metrics) -> Self {
+        let in_progress =
+            Arc::new(InProgress { now: AtomicUsize::new(0), max: max_concurrent, finished: AtomicU64::new(0) });
+        let finishing = DrainRate::track(&in_progress, |p| p.finished.load(Ordering::Relaxed));
+        let max_retry_after_secs = request_timeout.as_secs_f64().ceil() as u64;
+        LoadShedLayer { in_progress, finishing, max_retry_after_secs, metrics }
+    }
+
+    fn enter(&self) -> Option<Slot> {
+        let p = &self.in_progress;
+        p.now.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < p.max).then_some(n + 1)).ok()?;
+        Some(Slot(p.clone()))
     }
 }
 
@@ -484,16 +514,20 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Answer<S::Future, OwnedSemaphorePermit>;
+    type Future = Answer<S::Future, Slot>;
 
     poll_ready_inner!();
 
     fn call(&mut self, req: Request) -> Self::Future {
-        match self.layer.permits.clone().try_acquire_owned() {
-            Ok(permit) => Answer::Later { future: self.inner.call(req), guard: permit },
-            Err(_) => {
-                self.layer.metrics.load_shed();
-                now(ApiError::overloaded_response())
+        let layer = &self.layer;
+        match layer.enter() {
+            Some(slot) => Answer::Later { future: self.inner.call(req), guard: slot },
+            None => {
+                layer.metrics.load_shed();
+                let backlog = layer.in_progress.max as u64;
+                now(ApiError::overloaded_response(
+                    layer.finishing.retry_after_secs(backlog, layer.max_retry_after_secs),
+                ))
             }
         }
     }

@@ -234,9 +234,13 @@ fn stack(routes: impl IngestService, state: AppState, settings: &Settings) -> im
         .option_layer(cors)
         // Requests (including slow bodies) end at REQUEST_TIMEOUT: 408 problem+json.
         .layer(layers::RequestTimeoutLayer::new(settings.http.request_timeout))
-        // Beyond MAX_CONCURRENT_REQUESTS, refuse at once (503 + Retry-After) rather than queue behind a
-        // full limit.
-        .layer(layers::LoadShedLayer::new(settings.http.max_concurrent_requests, state.metrics.clone()))
+        // Beyond MAX_CONCURRENT_REQUESTS, refuse at once (503 + a Retry-After from the rate requests
+        // finish) rather than queue behind a full limit.
+        .layer(layers::LoadShedLayer::new(
+            settings.http.max_concurrent_requests,
+            settings.http.request_timeout,
+            state.metrics.clone(),
+        ))
         // API keys (when configured): 401 without one; the tenant is known to the limits below.
         .option_layer(auth)
         // Global rate limit (RATE_LIMIT_RPS / RATE_LIMIT_BURST, as in the Go service): 429 beyond it.

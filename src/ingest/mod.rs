@@ -1,6 +1,7 @@
 //! Ingest: request bodies to events (decoding, framing, the envelope, CloudEvents) and the bounded queue
 //! with the worker pool that feeds the producer.
 
+pub mod drain;
 pub mod envelope;
 pub mod queue;
 pub mod request;

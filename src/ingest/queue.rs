@@ -15,16 +15,18 @@
 //! awake worker.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::kafka::delivery::{AckBatch, DeliveryTicket, Destination};
 use crate::kafka::{DeliveryOutcome, Ledger, OutboundRecord, Publisher, SpoolRecord};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, QueueGauge};
+
+use super::drain::DrainRate;
 
 /// Where the workers hand events.
 #[derive(Clone)]
@@ -147,10 +149,6 @@ impl Jobs {
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
     }
-
-    fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
 }
 
 /// The sending side of the queue, shared by all handlers.
@@ -159,15 +157,15 @@ pub struct IngestQueue {
     jobs: Arc<Jobs>,
     ledger: Arc<Ledger>,
     metrics: Metrics,
-    /// Recent drain rate in events/s (updated every second).
-    drain_rate: Arc<AtomicU64>,
+    /// How fast events are resolved (published, dead-lettered or spooled).
+    drain_rate: Arc<DrainRate>,
 }
 
 impl IngestQueue {
     /// Creates the queue (capacity from the metrics' queue gauge) and starts `workers` workers.
     pub fn start(workers: usize, sink: Sink, metrics: Metrics, ledger: Arc<Ledger>) -> (Self, JoinSet<()>) {
         let jobs = Arc::new(Jobs::new(workers));
-        let drain_rate = Arc::new(AtomicU64::new(0));
+        let drain_rate = DrainRate::track(metrics.queue(), QueueGauge::resolved_total);
         let mut set = JoinSet::new();
         for _ in 0..workers {
             let jobs = jobs.clone();
@@ -181,9 +179,7 @@ impl IngestQueue {
                 }
             });
         }
-        let queue = IngestQueue { jobs, ledger, metrics, drain_rate };
-        tokio::spawn(queue.clone().estimate_drain_rate());
-        (queue, set)
+        (IngestQueue { jobs, ledger, metrics, drain_rate }, set)
     }
 
     /// Queues the records of one request, or says why not. Never waits.
@@ -222,9 +218,7 @@ impl IngestQueue {
     /// Seconds until the queue has likely drained enough for `n` more events, from the current depth and
     /// drain rate; 1 s at least, 60 s at most.
     pub fn retry_after_secs(&self, n: usize) -> u64 {
-        let depth = self.metrics.queue().depth() + n;
-        let rate = self.drain_rate.load(Ordering::Relaxed).max(1);
-        (depth as u64).div_ceil(rate).clamp(1, 60)
+        self.drain_rate.retry_after_secs((self.metrics.queue().depth() + n) as u64, 60)
     }
 
     /// Stops taking jobs; queued jobs are still delivered by the workers, which then exit.
@@ -247,25 +241,6 @@ impl IngestQueue {
             out.extend(job.records.into_iter().map(OutboundRecord::into_spool_record));
         }
         out
-    }
-
-    async fn estimate_drain_rate(self) {
-        let gauge = self.metrics.queue().clone();
-        let mut last = gauge.resolved_total();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if self.jobs.is_closed() && self.jobs.is_empty() {
-                return;
-            }
-            let now = gauge.resolved_total();
-            let rate = now - last;
-            last = now;
-            // Smooth a little so one idle second does not send clients away for a minute.
-            let old = self.drain_rate.load(Ordering::Relaxed);
-            self.drain_rate.store((old + 3 * rate) / 4, Ordering::Relaxed);
-        }
     }
 }
 
@@ -296,6 +271,8 @@ fn discard_job(metrics: &Metrics, job: Job) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn job() -> Job {

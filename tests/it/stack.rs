@@ -1,5 +1,7 @@
 //! The middleware stack under abuse: quotas, saturation, slow clients, panics, API keys, CORS.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::routing::get;
@@ -108,6 +110,72 @@ async fn saturation_answers_503_fast_with_a_retry_after_that_follows_depth_while
         assert_eq!(app.client.get(format!("{}/metrics", app.admin)).send().await.unwrap().status(), 200);
         assert!(started.elapsed() < Duration::from_millis(500));
     }
+    cluster.set_round_trip_time(Duration::ZERO).unwrap();
+    app.stop().await;
+}
+
+/// A full MAX_CONCURRENT_REQUESTS limit (requests waiting on a slow broker with `ack=kafka`): 503
+/// `overloaded` at once, with a Retry-After of how long the requests in progress take to finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_concurrency_limit_answers_503_with_a_retry_after_from_how_fast_requests_finish() {
+    let (cluster, app) = app_with(&[("MAX_CONCURRENT_REQUESTS", "12"), ("REQUEST_TIMEOUT", "20s")]).await;
+    // Metadata and the producer id first, while the broker is quick.
+    let r = app.client.post(format!("{}/events?ack=kafka", app.http)).json(&event()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    cluster.set_round_trip_time(Duration::from_secs(2)).unwrap();
+    // Twelve clients with one `ack=kafka` request each in progress: the limit is full, and each request
+    // takes the broker's 2 s or more, so at most 6 finish a second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, url, stop) = (app.client.clone(), format!("{}/events?ack=kafka", app.http), stop.clone());
+            tokio::spawn(async move {
+                let mut published = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client.post(&url).json(&event()).send().await.unwrap();
+                    match r.status().as_u16() {
+                        200 => published += 1,
+                        // A place taken by the probe below, between this client's requests.
+                        503 => tokio::time::sleep(Duration::from_millis(50)).await,
+                        status => panic!("{status}: {}", r.text().await.unwrap()),
+                    }
+                }
+                published
+            })
+        })
+        .collect();
+
+    // Past the first seconds, so the rate has been measured over its whole window.
+    let url = format!("{}/events", app.http);
+    let loaded = Instant::now();
+    let mut retry_afters = Vec::new();
+    while loaded.elapsed() < Duration::from_secs(8) {
+        let started = Instant::now();
+        let r = app.client.post(&url).json(&event()).send().await.unwrap();
+        if r.status() == 503 {
+            assert!(started.elapsed() < Duration::from_millis(500), "rejections return fast");
+            let retry_after = r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap();
+            assert_eq!(r.json::<Value>().await.unwrap()["code"], "overloaded");
+            retry_afters.push((loaded.elapsed(), retry_after));
+        }
+        assert_eq!(app.client.get(format!("{}/livez", app.admin)).send().await.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut published = 0;
+    for client in clients {
+        published += client.await.unwrap();
+    }
+    assert!(published >= 12, "the clients' requests finish: {published}");
+    // Before any of them had finished, the answer was that of a stalled drain: 12 in progress at 1 a second.
+    let (at, retry_after) = *retry_afters.first().expect("the probe was refused while the limit was full");
+    assert!(at < Duration::from_millis(1500) && retry_after == 12, "{retry_afters:?}");
+    let (at, retry_after) = *retry_afters.last().unwrap();
+    assert!(at > Duration::from_secs(6), "{retry_afters:?}");
+    // 12 in progress, finishing at most 6 a second: 2 s at least. Not the 12 s of a stalled drain (they
+    // do finish), nor REQUEST_TIMEOUT's 20 s.
+    assert!((2..=8).contains(&retry_after), "Retry-After {retry_after} s: {retry_afters:?}");
+    assert!(app.metric("http_load_shed_total").await >= retry_afters.len() as f64);
     cluster.set_round_trip_time(Duration::ZERO).unwrap();
     app.stop().await;
 }

@@ -1,0 +1,103 @@
+//! Drain rates: how fast a backlog clears (queued events, requests in progress), measured over the last
+//! few seconds, and the `Retry-After` that gives a client refused because of it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How often the count is sampled.
+const TICK: Duration = Duration::from_secs(1);
+/// Ticks the rate is taken over. Five seconds even out completions that come in clumps (a slow broker
+/// answers many waiting requests at once) and still follow a change within seconds.
+const WINDOW: usize = 5;
+
+/// The recent rate, per second, at which a count of finished work grows.
+#[derive(Debug, Default)]
+pub struct DrainRate {
+    /// An `f64`, as bits.
+    per_second: AtomicU64,
+}
+
+impl DrainRate {
+    /// Starts measuring how fast `finished(source)` grows, every second until `source` is dropped.
+    pub fn track<T: Send + Sync + 'static>(source: &Arc<T>, finished: fn(&T) -> u64) -> Arc<DrainRate> {
+        let rate = Arc::new(DrainRate::default());
+        tokio::spawn(measure(Arc::downgrade(source), finished, rate.clone()));
+        rate
+    }
+
+    pub fn per_second(&self) -> f64 {
+        f64::from_bits(self.per_second.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, per_second: f64) {
+        self.per_second.store(per_second.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Seconds until `backlog` has drained at the current rate: at least 1, at most `max`. A drain slower
+    /// than 1 a second (or stalled) counts as 1 a second, so the answer still grows with the backlog.
+    pub fn retry_after_secs(&self, backlog: u64, max: u64) -> u64 {
+        let secs = (backlog as f64 / self.per_second().max(1.0)).ceil() as u64;
+        secs.clamp(1, max.max(1))
+    }
+}
+
+async fn measure<T>(source: Weak<T>, finished: fn(&T) -> u64, rate: Arc<DrainRate>) {
+    let mut samples: VecDeque<(Instant, u64)> = VecDeque::with_capacity(WINDOW + 1);
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tick.tick().await;
+        let Some(count) = source.upgrade().map(|source| finished(&source)) else { return };
+        if samples.len() == WINDOW + 1 {
+            samples.pop_front();
+        }
+        samples.push_back((Instant::now(), count));
+        let ((then, before), (now, after)) = (samples[0], samples[samples.len() - 1]);
+        let secs = now.duration_since(then).as_secs_f64();
+        if secs > 0.0 {
+            rate.set(after.saturating_sub(before) as f64 / secs);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_is_taken_over_the_last_seconds_and_follows_a_change() {
+        let done = Arc::new(AtomicU64::new(0));
+        let rate = DrainRate::track(&done, |d| d.load(Ordering::Relaxed));
+        // Work finishes between the samples: in clumps of 30 every third second, 10 a second on average.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for second in 0..9 {
+            if second % 3 == 2 {
+                done.fetch_add(30, Ordering::Relaxed);
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        // The last five seconds held two clumps (a one-second window would read 0 or 30).
+        assert_eq!(rate.per_second(), 12.0);
+        assert_eq!(rate.retry_after_secs(100, 60), 9);
+        // Nothing finishes any more: within the window the rate falls to zero.
+        tokio::time::sleep(TICK * WINDOW as u32).await;
+        assert_eq!(rate.per_second(), 0.0);
+        assert_eq!(rate.retry_after_secs(7, 60), 7, "a stalled drain counts as 1 a second");
+        assert_eq!(rate.retry_after_secs(700, 60), 60);
+        assert_eq!(rate.retry_after_secs(0, 60), 1);
+    }
+
+    #[test]
+    fn retry_after_is_the_backlog_over_the_rate_rounded_up() {
+        let rate = DrainRate::default();
+        rate.set(400.0);
+        assert_eq!(rate.retry_after_secs(1, 60), 1);
+        assert_eq!(rate.retry_after_secs(400, 60), 1);
+        assert_eq!(rate.retry_after_secs(401, 60), 2);
+        assert_eq!(rate.retry_after_secs(10_000, 60), 25);
+        assert_eq!(rate.retry_after_secs(10_000, 20), 20);
+    }
+}
