@@ -139,7 +139,8 @@ impl<T> IngestService for T where
 {
 }
 
-/// The ingest router wrapped in its middleware stack.
+/// The ingest router wrapped in its middleware stack. Called within a Tokio runtime: the load shedding
+/// starts measuring how fast requests finish.
 pub fn ingest_router(state: AppState, settings: &Settings) -> impl IngestService {
     let router = Router::new()
         .route(EVENTS_PATH, post(ingest::post_events))
@@ -186,6 +187,7 @@ impl tower::Service<Request> for Routes {
 }
 
 /// Wraps `routes` in the ingest middleware stack (public so tests can put a misbehaving route inside it).
+/// Called within a Tokio runtime, as [`ingest_router`].
 pub fn with_middleware(routes: Router<AppState>, state: AppState, settings: &Settings) -> impl IngestService {
     stack(routes.with_state(state.clone()), state, settings)
 }
