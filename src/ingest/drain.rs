@@ -29,7 +29,7 @@ impl DrainRate {
         rate
     }
 
-    pub fn per_second(&self) -> f64 {
+    fn per_second(&self) -> f64 {
         f64::from_bits(self.per_second.load(Ordering::Relaxed))
     }
 

@@ -23,10 +23,15 @@ fn event() -> Value {
     json!({"type": "t", "payload": 1})
 }
 
+/// The answer's `Retry-After`, in seconds.
+fn retry_after(r: &reqwest::Response) -> u64 {
+    r.headers()["retry-after"].to_str().unwrap().parse().unwrap()
+}
+
 fn assert_429(r: &reqwest::Response, scope: &str) {
     assert_eq!(r.status(), 429);
     let h = r.headers();
-    assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(retry_after(r) >= 1);
     assert!(h["ratelimit-policy"].to_str().unwrap().starts_with(&format!("\"{scope}\";q=")), "{h:?}");
     assert!(h["ratelimit"].to_str().unwrap().contains(";r=0;t="), "{h:?}");
 }
@@ -90,7 +95,6 @@ async fn saturation_answers_503_fast_with_a_retry_after_that_follows_depth_while
     cluster.set_round_trip_time(Duration::from_secs(20)).unwrap();
     let url = format!("{}/events", app.http);
     let batch = |n: usize| Value::Array((0..n).map(|_| event()).collect());
-    let retry_after = |r: &reqwest::Response| r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap();
 
     assert_eq!(app.client.post(&url).json(&batch(5)).send().await.unwrap().status(), 202);
     let started = Instant::now();
@@ -155,9 +159,9 @@ async fn a_full_concurrency_limit_answers_503_with_a_retry_after_from_how_fast_r
         let r = app.client.post(&url).json(&event()).send().await.unwrap();
         if r.status() == 503 {
             assert!(started.elapsed() < Duration::from_millis(500), "rejections return fast");
-            let retry_after = r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap();
+            let seconds = retry_after(&r);
             assert_eq!(r.json::<Value>().await.unwrap()["code"], "overloaded");
-            retry_afters.push((loaded.elapsed(), retry_after));
+            retry_afters.push((loaded.elapsed(), seconds));
         }
         assert_eq!(app.client.get(format!("{}/livez", app.admin)).send().await.unwrap().status(), 200);
         tokio::time::sleep(Duration::from_millis(100)).await;
