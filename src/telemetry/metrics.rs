@@ -4,7 +4,7 @@
 //! `events_failed_total`, `ingest_queue_size`, `http_requests_total{status}`).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -14,7 +14,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::sync::Semaphore;
 
 /// Labels of the per-request HTTP metrics: bounded (routes are templates, statuses are codes).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -57,10 +56,14 @@ struct ReasonLabel {
 ///
 /// The same events are also counted in bytes (`QUEUE_MAX_BYTES`: the key and value of each, see
 /// [`event_bytes`]), so that large events cannot hold more memory than that whatever `QUEUE_SIZE` is.
+///
+/// Slots are a plain count, not a semaphore: nothing ever waits for one, and a semaphore's release takes
+/// its waiters' mutex — once an event, from whichever thread resolved it.
 #[derive(Debug)]
 pub struct QueueGauge {
     pub capacity: usize,
-    slots: Semaphore,
+    /// Slots held: events accepted and not yet resolved.
+    held: AtomicUsize,
     /// `QUEUE_MAX_BYTES`, and the bytes of the events holding a slot.
     pub max_bytes: u64,
     bytes: AtomicU64,
@@ -81,26 +84,21 @@ impl QueueGauge {
     }
 
     pub fn with_max_bytes(capacity: usize, max_bytes: u64) -> Self {
-        Self {
-            capacity,
-            slots: Semaphore::new(capacity),
-            max_bytes,
-            bytes: AtomicU64::new(0),
-            resolved: AtomicU64::new(0),
-        }
+        Self { capacity, held: AtomicUsize::new(0), max_bytes, bytes: AtomicU64::new(0), resolved: AtomicU64::new(0) }
     }
 
     /// Takes `n` slots holding `bytes` in all, or returns false without waiting.
     pub fn try_take(&self, n: usize, bytes: u64) -> bool {
-        let Some(permit) = u32::try_from(n).ok().and_then(|n| self.slots.try_acquire_many(n).ok()) else {
+        let room = |held: usize| held.checked_add(n).filter(|&after| after <= self.capacity);
+        if self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, room).is_err() {
             return false;
-        };
+        }
         let held = self.bytes.fetch_add(bytes, Ordering::AcqRel);
         if held.saturating_add(bytes) > self.max_bytes {
             self.untake_bytes(bytes);
+            self.untake_slots(n);
             return false;
         }
-        permit.forget();
         true
     }
 
@@ -113,12 +111,17 @@ impl QueueGauge {
     /// Gives back slots of events that were never accepted (the queue closed under the request).
     pub fn give_back(&self, n: usize, bytes: u64) {
         self.untake_bytes(bytes);
-        self.slots.add_permits(n);
+        self.untake_slots(n);
     }
 
     /// Saturating, so that a miscount could only ever make the budget larger, never refuse everything.
     fn untake_bytes(&self, bytes: u64) {
         let _ = self.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(bytes)));
+    }
+
+    /// Saturating, as `untake_bytes`.
+    fn untake_slots(&self, n: usize) {
+        let _ = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| Some(h.saturating_sub(n)));
     }
 
     /// Bytes of the events holding a slot.
@@ -132,7 +135,7 @@ impl QueueGauge {
 
     /// Events accepted and not yet resolved.
     pub fn depth(&self) -> usize {
-        self.capacity.saturating_sub(self.slots.available_permits())
+        self.held.load(Ordering::Acquire)
     }
 
     /// The fuller of the two bounds, events or bytes, 0-1.
@@ -613,5 +616,33 @@ mod tests {
         assert_eq!((q.depth(), q.bytes(), q.resolved_total()), (0, 0, 11));
         q.give_back(0, 0);
         assert_eq!(q.utilization(), 0.0);
+        assert!(!q.try_take(11, 0), "a batch larger than the queue never fits");
+        assert_eq!(q.depth(), 0);
+    }
+
+    #[test]
+    fn slots_taken_from_several_threads_never_exceed_the_capacity() {
+        let q = Arc::new(QueueGauge::new(8));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (q, peak) = (q.clone(), peak.clone());
+                std::thread::spawn(move || {
+                    let mut taken = 0;
+                    for _ in 0..20_000 {
+                        if q.try_take(3, 1) {
+                            peak.fetch_max(q.depth(), Ordering::Relaxed);
+                            q.release(3, 1);
+                            taken += 1;
+                        }
+                    }
+                    taken
+                })
+            })
+            .collect();
+        let taken: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(taken > 0);
+        assert!(peak.load(Ordering::Relaxed) <= 6, "at most two batches of 3 fit in 8 slots");
+        assert_eq!((q.depth(), q.bytes(), q.resolved_total()), (0, 0, 3 * taken as u64));
     }
 }
