@@ -40,6 +40,12 @@ impl RecordHeaders {
         RecordHeaders { buf: Vec::with_capacity(bytes + 8 * count), count: 0 }
     }
 
+    /// Headers already encoded as `push` encodes them (see `SPEC_AND_CONTENT_TYPE`): one copy.
+    fn push_encoded(&mut self, encoded: &EncodedHeaders) {
+        self.buf.extend_from_slice(encoded.bytes);
+        self.count += encoded.count;
+    }
+
     pub fn push(&mut self, name: &str, value: &[u8]) {
         for part in [name.as_bytes(), value] {
             self.buf.extend_from_slice(&(part.len() as u32).to_le_bytes());
@@ -80,6 +86,19 @@ impl RecordHeaders {
     }
 }
 
+/// Constant headers, encoded once: each name and value after its length, as `RecordHeaders::push` writes
+/// them.
+struct EncodedHeaders {
+    bytes: &'static [u8],
+    count: usize,
+}
+
+/// `ce_specversion: 1.0` and `content-type: application/json`, the same on every record.
+const SPEC_AND_CONTENT_TYPE: EncodedHeaders = EncodedHeaders {
+    bytes: b"\x0e\0\0\0ce_specversion\x03\0\0\x001.0\x0c\0\0\0content-type\x10\0\0\0application/json",
+    count: 2,
+};
+
 impl OutboundRecord {
     /// Encodes `event` for `topic`: key = `key` or id; value = the normalized envelope as JSON; headers
     /// `traceparent`/`tracestate` (the producer span, or the caller's context when tracing is off),
@@ -104,8 +123,7 @@ impl OutboundRecord {
         headers.push("ce_id", id);
         headers.push("ce_type", ty);
         headers.push("ce_time", time.as_bytes());
-        headers.push("ce_specversion", b"1.0");
-        headers.push("content-type", b"application/json");
+        headers.push_encoded(&SPEC_AND_CONTENT_TYPE);
         if let Some(tp) = traceparent {
             headers.push("traceparent", tp.as_bytes());
         }
@@ -146,6 +164,20 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
+
+    #[test]
+    fn the_constant_headers_are_encoded_as_push_encodes_them() {
+        let mut pushed = RecordHeaders::default();
+        pushed.push("ce_specversion", b"1.0");
+        pushed.push("content-type", b"application/json");
+        let mut encoded = RecordHeaders::default();
+        encoded.push_encoded(&SPEC_AND_CONTENT_TYPE);
+        assert_eq!(encoded, pushed);
+        assert_eq!(
+            encoded.iter().collect::<Vec<_>>(),
+            [("ce_specversion", &b"1.0"[..]), ("content-type", b"application/json")]
+        );
+    }
     use crate::ingest::{parse_request, BodyMeta, EventLimits, Parsed, RequestLimits};
 
     /// The record's parts as text: key, value, headers in order, timestamp.
