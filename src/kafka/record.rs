@@ -164,20 +164,6 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-
-    #[test]
-    fn the_constant_headers_are_encoded_as_push_encodes_them() {
-        let mut pushed = RecordHeaders::default();
-        pushed.push("ce_specversion", b"1.0");
-        pushed.push("content-type", b"application/json");
-        let mut encoded = RecordHeaders::default();
-        encoded.push_encoded(&SPEC_AND_CONTENT_TYPE);
-        assert_eq!(encoded, pushed);
-        assert_eq!(
-            encoded.iter().collect::<Vec<_>>(),
-            [("ce_specversion", &b"1.0"[..]), ("content-type", b"application/json")]
-        );
-    }
     use crate::ingest::{parse_request, BodyMeta, EventLimits, Parsed, RequestLimits};
 
     /// The record's parts as text: key, value, headers in order, timestamp.
@@ -334,6 +320,20 @@ mod tests {
                 ]),
                 1_704_067_200_000,
             )
+        );
+    }
+
+    #[test]
+    fn the_constant_headers_are_encoded_as_push_encodes_them() {
+        let mut pushed = RecordHeaders::default();
+        pushed.push("ce_specversion", b"1.0");
+        pushed.push("content-type", b"application/json");
+        let mut encoded = RecordHeaders::default();
+        encoded.push_encoded(&SPEC_AND_CONTENT_TYPE);
+        assert_eq!(encoded, pushed);
+        assert_eq!(
+            encoded.iter().collect::<Vec<_>>(),
+            [("ce_specversion", &b"1.0"[..]), ("content-type", b"application/json")]
         );
     }
 }
