@@ -216,7 +216,7 @@ async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Respon
     // Refuse an unsupported type or encoding, or a request a full queue cannot take, before reading
     // the body.
     framing(&meta)?;
-    if state.metrics.queue().depth() >= state.metrics.queue().capacity {
+    if state.metrics.queue().depth() >= state.metrics.queue().capacity() {
         state.metrics.rejected("queue_full", 1);
         return Err(ApiError::unavailable(
             "queue_full",

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::{ApiError, AppState, BEACON_PATH_LABEL, EVENTS_PATH, HEALTH_PATH, OPENAPI_PATH, TOPIC_EVENTS_PATH};
-use crate::ingest::drain::DrainRate;
+use crate::ingest::drain::{DrainRate, Slots};
 use crate::telemetry::Metrics;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -467,42 +467,32 @@ where
 /// at the rate they have been finishing (Little's law), at most REQUEST_TIMEOUT (no request lasts longer).
 #[derive(Clone)]
 pub struct LoadShedLayer {
-    in_progress: Arc<InProgress>,
+    /// A slot per request in progress.
+    in_progress: Arc<Slots>,
     finishing: Arc<DrainRate>,
     max_retry_after_secs: u64,
     metrics: Metrics,
 }
 
-/// The requests in progress, and how many have finished.
-struct InProgress {
-    now: AtomicUsize,
-    max: usize,
-    finished: AtomicU64,
-}
-
 /// A request's place among those in progress, given back when it is answered.
-pub struct Slot(Arc<InProgress>);
+pub struct Slot(Arc<Slots>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::Relaxed);
-        self.0.finished.fetch_add(1, Ordering::Relaxed);
+        self.0.finish(1);
     }
 }
 
 impl LoadShedLayer {
     pub fn new(max_concurrent: usize, request_timeout: Duration, metrics: Metrics) -> Self {
-        let in_progress =
-            Arc::new(InProgress { now: AtomicUsize::new(0), max: max_concurrent, finished: AtomicU64::new(0) });
-        let finishing = DrainRate::track(&in_progress, |p| p.finished.load(Ordering::Relaxed));
+        let in_progress = Arc::new(Slots::new(max_concurrent));
+        let finishing = DrainRate::track(&in_progress, Slots::finished);
         let max_retry_after_secs = request_timeout.as_secs_f64().ceil() as u64;
         LoadShedLayer { in_progress, finishing, max_retry_after_secs, metrics }
     }
 
     fn enter(&self) -> Option<Slot> {
-        let p = &self.in_progress;
-        p.now.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < p.max).then_some(n + 1)).ok()?;
-        Some(Slot(p.clone()))
+        self.in_progress.try_take(1).then(|| Slot(self.in_progress.clone()))
     }
 }
 
@@ -524,7 +514,7 @@ where
             Some(slot) => Answer::Later { future: self.inner.call(req), guard: slot },
             None => {
                 layer.metrics.load_shed();
-                let backlog = layer.in_progress.max as u64;
+                let backlog = layer.in_progress.capacity() as u64;
                 now(ApiError::overloaded_response(
                     layer.finishing.retry_after_secs(backlog, layer.max_retry_after_secs),
                 ))

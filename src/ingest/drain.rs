@@ -1,8 +1,9 @@
-//! Drain rates: how fast a backlog clears (queued events, requests in progress), measured over the last
-//! few seconds, and the `Retry-After` that gives a client refused because of it.
+//! Backlogs and their drain rates: places held up to a limit (queued events, requests in progress), how
+//! fast they clear, measured over the last few seconds, and the `Retry-After` that gives a client refused
+//! because of it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -13,6 +14,52 @@ const TICK: Duration = Duration::from_secs(1);
 /// Ticks the rate is taken over. Five seconds even out completions that come in clumps (a slow broker
 /// answers many waiting requests at once) and still follow a change within seconds.
 const WINDOW: usize = 5;
+
+/// Places held, up to a capacity, and how many were given back finished. Nothing ever waits for a place
+/// (a refusal is an answer), so this is a count, not a semaphore, whose release takes its waiters' mutex.
+#[derive(Debug)]
+pub struct Slots {
+    capacity: usize,
+    held: AtomicUsize,
+    finished: AtomicU64,
+}
+
+impl Slots {
+    pub fn new(capacity: usize) -> Self {
+        Slots { capacity, held: AtomicUsize::new(0), finished: AtomicU64::new(0) }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Takes `n` places, or none when fewer than `n` are free.
+    pub fn try_take(&self, n: usize) -> bool {
+        let room = |held: usize| held.checked_add(n).filter(|&after| after <= self.capacity);
+        self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, room).is_ok()
+    }
+
+    /// Gives back `n` places whose work did not happen. Saturating: a miscount can only make room, never
+    /// refuse everything.
+    pub fn give_back(&self, n: usize) {
+        let _ = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| Some(h.saturating_sub(n)));
+    }
+
+    /// Gives back `n` places whose work is done.
+    pub fn finish(&self, n: usize) {
+        self.give_back(n);
+        self.finished.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Places given back finished, so far.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
+    }
+}
 
 /// The recent rate, per second, at which a count of finished work grows.
 #[derive(Debug, Default)]

@@ -195,8 +195,8 @@ impl IngestQueue {
         }
         let gauge = self.metrics.queue();
         let n = records.len();
-        if n > gauge.capacity {
-            return Err(QueueError::TooLarge { capacity: gauge.capacity });
+        if n > gauge.capacity() {
+            return Err(QueueError::TooLarge { capacity: gauge.capacity() });
         }
         let bytes = records.iter().map(OutboundRecord::queue_bytes).sum();
         if bytes > gauge.max_bytes {

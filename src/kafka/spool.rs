@@ -635,7 +635,7 @@ mod tests {
         s.sync();
         assert_eq!((gauge.depth(), gauge.bytes()), (0, 0));
         assert_eq!(gauge.resolved_total(), 2, "the re-spooled replay resolved nothing");
-        assert!(gauge.try_take(gauge.capacity, 0), "the whole queue is free again");
+        assert!(gauge.try_take(gauge.capacity(), 0), "the whole queue is free again");
         assert!(!gauge.try_take(1, 0), "and no bigger than QUEUE_SIZE");
         s.close();
         let (_, path) = segments(dir.path()).unwrap().pop().unwrap();

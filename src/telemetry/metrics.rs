@@ -4,7 +4,7 @@
 //! `events_failed_total`, `ingest_queue_size`, `http_requests_total{status}`).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -14,6 +14,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::ingest::drain::Slots;
 
 /// Labels of the per-request HTTP metrics: bounded (routes are templates, statuses are codes).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,19 +58,14 @@ struct ReasonLabel {
 ///
 /// The same events are also counted in bytes (`QUEUE_MAX_BYTES`: the key and value of each, see
 /// [`event_bytes`]), so that large events cannot hold more memory than that whatever `QUEUE_SIZE` is.
-///
-/// Slots are a plain count, not a semaphore: nothing ever waits for one, and a semaphore's release takes
-/// its waiters' mutex — once an event, from whichever thread resolved it.
 #[derive(Debug)]
 pub struct QueueGauge {
-    pub capacity: usize,
-    /// Slots held: events accepted and not yet resolved.
-    held: AtomicUsize,
+    /// A slot per event accepted and not yet resolved; the resolved ones are counted for the drain-rate
+    /// estimate behind `Retry-After`.
+    slots: Slots,
     /// `QUEUE_MAX_BYTES`, and the bytes of the events holding a slot.
     pub max_bytes: u64,
     bytes: AtomicU64,
-    /// Events resolved so far, for the drain-rate estimate behind `Retry-After`.
-    resolved: AtomicU64,
 }
 
 /// What one event counts against `QUEUE_MAX_BYTES`: its key and value, which every path an event takes
@@ -84,44 +81,43 @@ impl QueueGauge {
     }
 
     pub fn with_max_bytes(capacity: usize, max_bytes: u64) -> Self {
-        Self { capacity, held: AtomicUsize::new(0), max_bytes, bytes: AtomicU64::new(0), resolved: AtomicU64::new(0) }
+        Self { slots: Slots::new(capacity), max_bytes, bytes: AtomicU64::new(0) }
     }
 
     /// Takes `n` slots holding `bytes` in all, or returns false without waiting.
     pub fn try_take(&self, n: usize, bytes: u64) -> bool {
-        let room = |held: usize| held.checked_add(n).filter(|&after| after <= self.capacity);
-        if self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, room).is_err() {
+        if !self.slots.try_take(n) {
             return false;
         }
         let held = self.bytes.fetch_add(bytes, Ordering::AcqRel);
         if held.saturating_add(bytes) > self.max_bytes {
             self.untake_bytes(bytes);
-            self.untake_slots(n);
+            self.slots.give_back(n);
             return false;
         }
         true
     }
 
+    /// `QUEUE_SIZE`: events.
+    pub fn capacity(&self) -> usize {
+        self.slots.capacity()
+    }
+
     /// Gives back `n` slots of resolved events holding `bytes`.
     pub fn release(&self, n: usize, bytes: u64) {
-        self.give_back(n, bytes);
-        self.resolved.fetch_add(n as u64, Ordering::Relaxed);
+        self.untake_bytes(bytes);
+        self.slots.finish(n);
     }
 
     /// Gives back slots of events that were never accepted (the queue closed under the request).
     pub fn give_back(&self, n: usize, bytes: u64) {
         self.untake_bytes(bytes);
-        self.untake_slots(n);
+        self.slots.give_back(n);
     }
 
     /// Saturating, so that a miscount could only ever make the budget larger, never refuse everything.
     fn untake_bytes(&self, bytes: u64) {
         let _ = self.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(bytes)));
-    }
-
-    /// Saturating, as `untake_bytes`.
-    fn untake_slots(&self, n: usize) {
-        let _ = self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| Some(h.saturating_sub(n)));
     }
 
     /// Bytes of the events holding a slot.
@@ -130,17 +126,17 @@ impl QueueGauge {
     }
 
     pub fn resolved_total(&self) -> u64 {
-        self.resolved.load(Ordering::Relaxed)
+        self.slots.finished()
     }
 
     /// Events accepted and not yet resolved.
     pub fn depth(&self) -> usize {
-        self.held.load(Ordering::Acquire)
+        self.slots.held()
     }
 
     /// The fuller of the two bounds, events or bytes, 0-1.
     pub fn utilization(&self) -> f64 {
-        let events = self.depth() as f64 / self.capacity as f64;
+        let events = self.depth() as f64 / self.capacity() as f64;
         let bytes = self.bytes() as f64 / self.max_bytes as f64;
         events.max(bytes).min(1.0)
     }
@@ -158,7 +154,7 @@ impl Collector for QueueCollector {
                 "Events accepted and not yet resolved (queued, in the producer or retrying)",
                 q.depth() as f64,
             ),
-            ("ingest_queue_capacity", "Capacity of the bounded ingest queue (QUEUE_SIZE)", q.capacity as f64),
+            ("ingest_queue_capacity", "Capacity of the bounded ingest queue (QUEUE_SIZE)", q.capacity() as f64),
             ("ingest_queue_bytes", "Key and value bytes of the events in ingest_queue_size", q.bytes() as f64),
             (
                 "ingest_queue_bytes_capacity",
@@ -598,6 +594,8 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+
     use super::*;
 
     #[test]
