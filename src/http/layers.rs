@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::{ApiError, AppState, BEACON_PATH_LABEL, EVENTS_PATH, HEALTH_PATH, OPENAPI_PATH, TOPIC_EVENTS_PATH};
-use crate::ingest::drain::{DrainRate, Slots};
+use crate::ingest::drain::{DrainRate, Slot, Slots};
 use crate::telemetry::Metrics;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -474,25 +474,12 @@ pub struct LoadShedLayer {
     metrics: Metrics,
 }
 
-/// A request's place among those in progress, given back when it is answered.
-pub struct Slot(Arc<Slots>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.finish(1);
-    }
-}
-
 impl LoadShedLayer {
     pub fn new(max_concurrent: usize, request_timeout: Duration, metrics: Metrics) -> Self {
         let in_progress = Arc::new(Slots::new(max_concurrent));
         let finishing = DrainRate::track(&in_progress, Slots::finished);
         let max_retry_after_secs = request_timeout.as_secs_f64().ceil() as u64;
         LoadShedLayer { in_progress, finishing, max_retry_after_secs, metrics }
-    }
-
-    fn enter(&self) -> Option<Slot> {
-        self.in_progress.try_take(1).then(|| Slot(self.in_progress.clone()))
     }
 }
 
@@ -510,7 +497,8 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let layer = &self.layer;
-        match layer.enter() {
+        // The request's place among those in progress, given back when it is answered.
+        match layer.in_progress.enter() {
             Some(slot) => Answer::Later { future: self.inner.call(req), guard: slot },
             None => {
                 layer.metrics.load_shed();

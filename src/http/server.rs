@@ -28,12 +28,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::util::Oneshot;
 use tower::ServiceExt;
 
+use crate::ingest::drain::Slots;
 use crate::telemetry::Metrics;
 
 /// Connection-level defences against slow or greedy clients.
@@ -68,7 +68,7 @@ pub async fn serve(
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
     let builder = Arc::new(builder);
     let connections = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Slots::new(limits.max_connections));
     let watchdog = Arc::new(Watchdog::new(limits));
     let watching = tokio::spawn(watchdog.clone().run(stop.clone()));
     loop {
@@ -84,7 +84,7 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = slots.enter() else {
             metrics.connection_refused();
             drop(stream);
             continue;

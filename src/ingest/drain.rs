@@ -1,6 +1,6 @@
-//! Backlogs and their drain rates: places held up to a limit (queued events, requests in progress), how
-//! fast they clear, measured over the last few seconds, and the `Retry-After` that gives a client refused
-//! because of it.
+//! Backlogs and their drain rates: places held up to a limit (queued events, requests in progress, open
+//! connections), how fast they clear, measured over the last few seconds, and the `Retry-After` that
+//! gives a client refused because of it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -59,6 +59,21 @@ impl Slots {
     pub fn finished(&self) -> u64 {
         self.finished.load(Ordering::Relaxed)
     }
+
+    /// One place, held until the returned guard is dropped (then counted finished), or `None` when all
+    /// are taken.
+    pub fn enter(self: &Arc<Self>) -> Option<Slot> {
+        self.try_take(1).then(|| Slot(self.clone()))
+    }
+}
+
+/// One place of a [`Slots`], given back finished when dropped (also on unwinding).
+pub struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.finish(1);
+    }
 }
 
 /// The recent rate, per second, at which a count of finished work grows.
@@ -113,6 +128,18 @@ async fn measure<T>(source: Weak<T>, finished: fn(&T) -> u64, rate: Arc<DrainRat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_place_is_held_until_its_guard_drops_then_counted_finished() {
+        let slots = Arc::new(Slots::new(2));
+        let (a, b) = (slots.enter().unwrap(), slots.enter().unwrap());
+        assert!(slots.enter().is_none(), "both places are held");
+        drop(a);
+        assert_eq!((slots.held(), slots.finished()), (1, 1));
+        let c = slots.enter().expect("a dropped guard makes room");
+        drop((b, c));
+        assert_eq!((slots.held(), slots.finished()), (0, 3));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_is_taken_over_the_last_seconds_and_follows_a_change() {
