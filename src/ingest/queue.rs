@@ -10,9 +10,11 @@
 //! keeps up with any request rate; waking a sleeping worker for every job cost more than the job (a task
 //! wake-up, often on the other thread: 10 workers made `full` ≈ 15 % slower than one). So a job wakes a
 //! sleeping worker only when none is awake, or when the awake ones fall behind (a worker held up by a full
-//! librdkafka buffer): a backlog brings in up to `WORKER_POOL_SIZE` workers. And a worker that finds the
-//! queue empty yields once before it sleeps, so that the requests already in hand bring their jobs to an
-//! awake worker.
+//! librdkafka buffer): a backlog brings in up to `WORKER_POOL_SIZE` workers. A worker that finds the queue
+//! empty sleeps at once. It used to yield once first, but a yielding task goes to the back of the run
+//! queue and tokio wakes a parked runtime thread to steal it: a thread wake-up per job. The handler's
+//! wake of a sleeping worker puts it in its own thread's next-task slot, where it takes the job the
+//! handler just pushed without waking the other thread.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -119,12 +121,6 @@ impl Jobs {
             }
             if self.closed.load(Ordering::SeqCst) {
                 return None;
-            }
-            // Under load the connections ready to run bring the next jobs: let them run first, then look
-            // again, rather than sleep now and be woken for the next job.
-            tokio::task::yield_now().await;
-            if let Some(job) = self.pop() {
-                return Some(job);
             }
             // Asleep from here; then one more look, so that a job pushed by a handler that still counted
             // this worker awake (and so woke nobody) is not left behind.
