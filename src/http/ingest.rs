@@ -343,6 +343,12 @@ fn accept(
                 state.metrics.rejected("event_too_large", 1);
                 return Err(ApiError::from_event(&event_too_large(record.value.len(), state.limits.max_event_bytes)));
             }
+            if received.mode == AckMode::Queued {
+                // The answer is written before the record goes to the queue: no copy of the id for it.
+                let answer = accepted_answer(&record.id);
+                enqueue(state, vec![record], received, span)?;
+                return Ok(Taken::Answered(answer));
+            }
             let id = record.id.clone();
             match enqueue(state, vec![record], received, span.clone())? {
                 None => Ok(Taken::Answered(accepted_answer(&id))),
