@@ -521,7 +521,7 @@ impl Publisher {
     pub async fn send(&self, record: super::OutboundRecord, ticket: Box<DeliveryTicket>) {
         self.send_raw(
             &record.topic,
-            Some(&record.key),
+            Some(record.key()),
             &record.value,
             Some(record.headers.to_kafka()),
             Some(record.timestamp_ms),

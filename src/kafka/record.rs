@@ -12,16 +12,22 @@ use crate::telemetry::trace::TraceHeaders;
 pub struct OutboundRecord {
     pub id: String,
     pub topic: Arc<str>,
-    pub key: Vec<u8>,
+    /// The event's `key`; `None` when it had none and the id is the key (not copied).
+    key: Option<Vec<u8>>,
     pub value: Vec<u8>,
     pub headers: RecordHeaders,
     pub timestamp_ms: i64,
 }
 
 impl OutboundRecord {
+    /// The Kafka record key: the event's `key`, else its id.
+    pub fn key(&self) -> &[u8] {
+        self.key.as_deref().unwrap_or(self.id.as_bytes())
+    }
+
     /// What the record counts against `QUEUE_MAX_BYTES`.
     pub fn queue_bytes(&self) -> u64 {
-        event_bytes(self.key.len(), self.value.len())
+        event_bytes(self.key().len(), self.value.len())
     }
 }
 
@@ -137,8 +143,9 @@ impl OutboundRecord {
             headers.push(name, value.as_bytes());
         }
         let timestamp_ms = event.timestamp_millis();
-        // `Event::partition_key`, taken by value.
-        let key = event.key.map_or_else(|| event.id.clone().into_bytes(), String::into_bytes);
+        // `Event::partition_key`, taken by value: an event without a key keeps `None` and the id serves
+        // as the key (see `key()`), not a copy of it.
+        let key = event.key.map(String::into_bytes);
         OutboundRecord { id: event.id, topic: topic.clone(), key, value, headers, timestamp_ms }
     }
 }
@@ -148,9 +155,9 @@ impl OutboundRecord {
     pub fn into_spool_record(self) -> super::SpoolRecord {
         let headers = self.headers.iter().map(|(key, value)| (key.to_string(), Some(value.to_vec()))).collect();
         super::SpoolRecord {
+            key: Some(self.key.unwrap_or_else(|| self.id.clone().into_bytes())),
             id: self.id,
             topic: self.topic.to_string(),
-            key: Some(self.key),
             value: self.value,
             headers,
             timestamp_ms: Some(self.timestamp_ms),
@@ -174,7 +181,7 @@ mod tests {
             .map(|(key, value)| (key.to_string(), String::from_utf8(value.to_vec()).unwrap()))
             .collect();
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
-        (text(&record.key), text(&record.value), headers, record.timestamp_ms)
+        (text(record.key()), text(&record.value), headers, record.timestamp_ms)
     }
 
     fn records(content_type: &str, body: &str, now: OffsetDateTime, trace: &TraceHeaders) -> Vec<OutboundRecord> {
@@ -335,5 +342,21 @@ mod tests {
             encoded.iter().collect::<Vec<_>>(),
             [("ce_specversion", &b"1.0"[..]), ("content-type", b"application/json")]
         );
+    }
+
+    /// A record that never reached librdkafka keeps its key in the spool: the event's `key`, else its id
+    /// (which the record does not copy into a key of its own).
+    #[test]
+    fn the_spool_form_keeps_the_key_or_the_id() {
+        let now = OffsetDateTime::now_utc();
+        let body =
+            concat!(r#"{"id":"e-1","type":"t","payload":1}"#, "\n", r#"{"id":"e-2","type":"t","key":"k","payload":1}"#);
+        let [plain, keyed]: [OutboundRecord; 2] =
+            records("application/x-ndjson", body, now, &TraceHeaders::default()).try_into().ok().unwrap();
+        assert_eq!((plain.key(), keyed.key()), (&b"e-1"[..], &b"k"[..]));
+        assert_eq!(plain.queue_bytes(), crate::telemetry::event_bytes(3, plain.value.len()));
+        let (plain, keyed) = (plain.into_spool_record(), keyed.into_spool_record());
+        assert_eq!((plain.id.as_str(), plain.key.as_deref()), ("e-1", Some(&b"e-1"[..])));
+        assert_eq!((keyed.id.as_str(), keyed.key.as_deref()), ("e-2", Some(&b"k"[..])));
     }
 }
