@@ -11,10 +11,10 @@
 //! wake-up, often on the other thread: 10 workers made `full` ≈ 15 % slower than one). So a job wakes a
 //! sleeping worker only when none is awake, or when the awake ones fall behind (a worker held up by a full
 //! librdkafka buffer): a backlog brings in up to `WORKER_POOL_SIZE` workers. A worker that finds the queue
-//! empty sleeps at once. It used to yield once first, but a yielding task goes to the back of the run
-//! queue and tokio wakes a parked runtime thread to steal it: a thread wake-up per job. The handler's
-//! wake of a sleeping worker puts it in its own thread's next-task slot, where it takes the job the
-//! handler just pushed without waking the other thread.
+//! empty sleeps at once. It used to yield once first, but tokio holds a yielded task back until its
+//! thread has run out of other work, and then polls the I/O driver once more (an `epoll_wait`) only to
+//! wake it. The handler that pushes the next job wakes a sleeping worker into its own thread's next-task
+//! slot instead, where it runs next, as soon as the handler's task is done with the thread.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
