@@ -179,9 +179,10 @@ async fn a_full_concurrency_limit_answers_503_with_a_retry_after_from_how_fast_r
     // Late in the run, once the rate has been measured over its whole window (5 s).
     let (at, retry_after) = *retry_afters.last().unwrap();
     assert!(at > Duration::from_secs(6), "{retry_afters:?}");
-    // 12 in progress, finishing at most 6 a second: 2 s at least. Not the 12 s of a stalled drain (they
-    // do finish), nor REQUEST_TIMEOUT's 20 s.
-    assert!((2..=8).contains(&retry_after), "Retry-After {retry_after} s: {retry_afters:?}");
+    // 12 in progress, finishing at most 6 a second: 2 s at least. Below the 12 s of a stalled drain (they
+    // do finish), and not REQUEST_TIMEOUT's 20 s. How many finish a second depends on how librdkafka
+    // batches them into its at most 5 produce requests in flight (2 s each here): once only 1.3, so 9 s.
+    assert!((2..12).contains(&retry_after), "Retry-After {retry_after} s: {retry_afters:?}");
     assert!(app.metric("http_load_shed_total").await >= retry_afters.len() as f64);
     cluster.set_round_trip_time(Duration::ZERO).unwrap();
     app.stop().await;
