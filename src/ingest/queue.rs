@@ -7,14 +7,14 @@
 //! growing.
 //!
 //! Handing a job to librdkafka does not wait (except when its own buffer is full), so one awake worker
-//! keeps up with any request rate; waking a sleeping worker for every job cost more than the job (a task
-//! wake-up, often on the other thread: 10 workers made `full` ≈ 15 % slower than one). So a job wakes a
-//! sleeping worker only when none is awake, or when the awake ones fall behind (a worker held up by a full
-//! librdkafka buffer): a backlog brings in up to `WORKER_POOL_SIZE` workers. A worker that finds the queue
-//! empty sleeps at once. It used to yield once first, but tokio holds a yielded task back until its
-//! thread has run out of other work, and then polls the I/O driver once more (an `epoll_wait`) only to
-//! wake it. The handler that pushes the next job wakes a sleeping worker into its own thread's next-task
-//! slot instead, where it runs next, as soon as the handler's task is done with the thread.
+//! keeps up with any request rate. Waking one of 10 sleeping workers for every job cost more than the job
+//! (a task wake-up, often on the other thread: 10 workers made `full` ≈ 15 % slower than one). So a job
+//! wakes a sleeping worker only when none is awake, or when the awake ones fall behind (a worker held up by
+//! a full librdkafka buffer): a backlog brings in up to `WORKER_POOL_SIZE` workers. A worker that finds the
+//! queue empty sleeps at once, and the next job's handler wakes it into its own thread's next-task slot,
+//! where it runs as soon as the handler's task is done with the thread. (It used to yield once first, but
+//! tokio holds a yielded task back until its thread has run out of other work, and then polls the I/O
+//! driver once more, an `epoll_wait`, only to wake it.)
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
