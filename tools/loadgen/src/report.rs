@@ -248,6 +248,15 @@ fn meets(v: Option<bool>) -> &'static str {
     }
 }
 
+/// A result against its floor, to two decimals unless those would hide which side of the floor it is on
+/// (0.846 against 0.85 is not "0.85 … no"): then to as many more as it takes, up to five.
+fn against_floor(value: f64, floor: f64) -> String {
+    (2..=5)
+        .map(|decimals| format!("{value:.decimals$}"))
+        .find(|text| (text.parse::<f64>().unwrap_or(value) >= floor) == (value >= floor))
+        .unwrap_or_else(|| format!("{value}"))
+}
+
 fn pairs_text(per_pair: &[f64]) -> String {
     per_pair.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(", ")
 }
@@ -279,8 +288,8 @@ pub fn rows(r: &SuiteResults) -> Vec<Row> {
                         let noisy = format!("{}{}", noisy_mark(c.summary_of(num)), noisy_mark(c.summary_of(den)));
                         (
                             format!(
-                                "**{:.2}** (pairs {}; ratio of medians {:.2}){noisy}",
-                                x.median,
+                                "**{}** (pairs {}; ratio of medians {:.2}){noisy}",
+                                against_floor(x.median, floor),
                                 pairs_text(&x.per_pair),
                                 x.ratio_of_medians
                             ),
@@ -783,6 +792,15 @@ fn more_repeats(r: &SuiteResults) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_result_just_under_its_floor_is_not_rounded_onto_it() {
+        assert_eq!(against_floor(0.846, 0.85), "0.846");
+        assert_eq!(against_floor(0.853, 0.85), "0.85");
+        assert_eq!(against_floor(0.86, 0.85), "0.86");
+        assert_eq!(against_floor(0.81, 0.85), "0.81");
+        assert_eq!(against_floor(0.2999, 0.3), "0.2999");
+    }
 
     #[test]
     fn numbers() {
