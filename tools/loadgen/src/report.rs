@@ -248,13 +248,15 @@ fn meets(v: Option<bool>) -> &'static str {
     }
 }
 
-/// A result against its floor, to two decimals unless those would hide which side of the floor it is on
-/// (0.846 against 0.85 is not "0.85 … no"): then to as many more as it takes, up to five.
-fn against_floor(value: f64, floor: f64) -> String {
-    (2..=5)
-        .map(|decimals| format!("{value:.decimals$}"))
-        .find(|text| (text.parse::<f64>().unwrap_or(value) >= floor) == (value >= floor))
-        .unwrap_or_else(|| format!("{value}"))
+/// A result as `text` shows it, unless its rounding lands on the other side of the floor than the value
+/// itself (0.846 against "≥ 0.85" is not "0.85 … no"): then the value with as many more decimals as that
+/// takes, up to five. `meets` is the row's floor.
+fn on_its_side(value: f64, text: String, meets: impl Fn(f64) -> bool) -> String {
+    let same_side = |t: &str| t.parse::<f64>().map_or(true, |shown| meets(shown) == meets(value));
+    if same_side(&text) {
+        return text;
+    }
+    (3..=5).map(|decimals| format!("{value:.decimals$}")).find(|t| same_side(t)).unwrap_or_else(|| value.to_string())
 }
 
 fn pairs_text(per_pair: &[f64]) -> String {
@@ -289,7 +291,7 @@ pub fn rows(r: &SuiteResults) -> Vec<Row> {
                         (
                             format!(
                                 "**{}** (pairs {}; ratio of medians {:.2}){noisy}",
-                                against_floor(x.median, floor),
+                                on_its_side(x.median, format!("{:.2}", x.median), |v| v >= floor),
                                 pairs_text(&x.per_pair),
                                 x.ratio_of_medians
                             ),
@@ -355,7 +357,7 @@ pub fn rows(r: &SuiteResults) -> Vec<Row> {
             measure: "ack=kafka, 256 conns: full p50 latency (linger 5 ms + 3 ms)".into(),
             result: format!(
                 "**{} ms** (runs {} ms; p99 {} ms)",
-                ms(s.p50_ms.median),
+                on_its_side(s.p50_ms.median, ms(s.p50_ms.median), |v| v <= 8.0),
                 s.p50_ms.values.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(", "),
                 ms(s.p99_ms.median)
             ),
@@ -369,7 +371,7 @@ pub fn rows(r: &SuiteResults) -> Vec<Row> {
             measure: "ack=kafka, open loop at 1,000 req/s (no queueing): full p50 latency from intended send".into(),
             result: format!(
                 "**{} ms** (runs {} ms; p99 {} ms)",
-                ms(s.p50_ms.median),
+                on_its_side(s.p50_ms.median, ms(s.p50_ms.median), |v| v <= 8.0),
                 s.p50_ms.values.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(", "),
                 ms(s.p99_ms.median)
             ),
@@ -389,7 +391,7 @@ pub fn rows(r: &SuiteResults) -> Vec<Row> {
                 ),
                 result: format!(
                     "**{} ms** (runs {} ms; achieved {} req/s; p50 {} ms){}",
-                    ms(s.p99_ms.median),
+                    on_its_side(s.p99_ms.median, ms(s.p99_ms.median), |v| v <= 10.0),
                     s.p99_ms.values.iter().map(|v| ms(*v)).collect::<Vec<_>>().join(", "),
                     num(s.req_per_s.median),
                     ms(s.p50_ms.median),
@@ -550,8 +552,8 @@ fn overload_rows(
         row: "(g)".into(),
         measure: format!("{load} ({} req/s), 512 conns{threads}: goodput (2xx/s) ÷ {against}", num(rate)),
         result: format!(
-            "**{:.2}** ({detail}{} 2xx/s; {} non-2xx answers; p99 from intended send {} ms){}",
-            goodput,
+            "**{}** ({detail}{} 2xx/s; {} non-2xx answers; p99 from intended send {} ms){}",
+            on_its_side(goodput, format!("{goodput:.2}"), |v| v >= 0.9),
             num(s.req_per_s.median),
             s.non_2xx,
             ms(s.p99_ms.median),
@@ -573,7 +575,7 @@ fn overload_rows(
         } else {
             format!(
                 "**{} ms** (runs {}; median p50 {} ms){}{}",
-                ms(rej.median),
+                on_its_side(rej.median, ms(rej.median), |v| v < 5.0),
                 runs_ms(rej),
                 ms(s.rejection_p50_ms.median),
                 if s.rejection_kernel_p99_ms.values.is_empty() {
@@ -794,12 +796,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_result_just_under_its_floor_is_not_rounded_onto_it() {
-        assert_eq!(against_floor(0.846, 0.85), "0.846");
-        assert_eq!(against_floor(0.853, 0.85), "0.85");
-        assert_eq!(against_floor(0.86, 0.85), "0.86");
-        assert_eq!(against_floor(0.81, 0.85), "0.81");
-        assert_eq!(against_floor(0.2999, 0.3), "0.2999");
+    fn a_result_near_its_floor_is_not_rounded_onto_the_other_side() {
+        let at_least = |floor: f64| move |v: f64| v >= floor;
+        assert_eq!(on_its_side(0.846, format!("{:.2}", 0.846), at_least(0.85)), "0.846");
+        assert_eq!(on_its_side(0.853, format!("{:.2}", 0.853), at_least(0.85)), "0.85");
+        assert_eq!(on_its_side(0.81, format!("{:.2}", 0.81), at_least(0.85)), "0.81");
+        assert_eq!(on_its_side(0.2999, format!("{:.2}", 0.2999), at_least(0.3)), "0.2999");
+        // Latencies: "≤ 8 ms" and "< 5 ms" floors, shown by `ms`.
+        assert_eq!(on_its_side(8.004, ms(8.004), |v| v <= 8.0), "8.004");
+        assert_eq!(on_its_side(7.994, ms(7.994), |v| v <= 8.0), "7.99");
+        assert_eq!(on_its_side(4.996, ms(4.996), |v| v < 5.0), "4.996");
+        assert_eq!(on_its_side(f64::NAN, ms(f64::NAN), |v| v < 5.0), "—");
     }
 
     #[test]
