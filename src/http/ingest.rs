@@ -181,9 +181,17 @@ impl ItemResult {
 }
 
 /// `POST /events`: the default topic.
-pub async fn post_events(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+///
+/// A plain function that returns the handler's future rather than an `async fn` awaiting it: an async
+/// function keeps its arguments (the whole request) in its future next to the future it awaits, so
+/// every request's future held, and moved, the request once more.
+pub fn post_events(
+    State(state): State<AppState>,
+    req: Request,
+) -> impl Future<Output = Result<Response, ApiError>> + Send + 'static {
     let topic = state.topics.default.clone();
-    ingest(state, topic, req).await
+    let (parts, body) = req.into_parts();
+    ingest(state, topic, parts, body)
 }
 
 /// `POST /topics/{topic}/events`: a topic on the allowlist (`KAFKA_TOPIC_ALLOWLIST`), else 404.
@@ -200,13 +208,18 @@ pub async fn post_topic_events(
         )
         .with("topic", topic));
     };
-    ingest(state, topic, req).await
+    let (parts, body) = req.into_parts();
+    ingest(state, topic, parts, body).await
 }
 
 /// The handler's steps. Only the body read and the wait for broker acknowledgements are `await`s; the
 /// rest is synchronous, so the future axum boxes per request stays small.
-async fn ingest(state: AppState, topic: Arc<str>, req: Request) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
+async fn ingest(
+    state: AppState,
+    topic: Arc<str>,
+    parts: axum::http::request::Parts,
+    body: Body,
+) -> Result<Response, ApiError> {
     let tenant = parts.extensions.get::<Arc<Tenant>>();
     check_topic(tenant, &topic)?;
     let received_at = Instant::now();
@@ -251,7 +264,8 @@ async fn read_body_within(state: &AppState, body: Body) -> Result<axum::body::By
     if let Some(done) = first.await {
         return done;
     }
-    tokio::time::timeout(state.body_read_timeout, read).await.map_err(|_| {
+    // Boxed: in place, the timer would make every request's future larger, where few reach this line.
+    Box::pin(tokio::time::timeout(state.body_read_timeout, read)).await.map_err(|_| {
         state.metrics.rejected("body_read_timeout", 1);
         ApiError::new(
             StatusCode::REQUEST_TIMEOUT,

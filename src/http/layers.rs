@@ -431,11 +431,12 @@ where
 }
 
 pin_project! {
+    /// The timer is boxed: most requests never arm it, and a `Sleep` (over 100 bytes) held in place made
+    /// every layer above and the connection move that much more with each request's future.
     pub struct Deadline<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Option<tokio::time::Sleep>,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
         limit: Duration,
     }
 }
@@ -447,15 +448,12 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(res) = this.inner.poll(cx) {
             return Poll::Ready(res);
         }
-        if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep(*this.limit)));
-        }
-        let sleep = this.sleep.as_pin_mut().expect("armed above");
-        std::task::ready!(sleep.poll(cx));
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*this.limit)));
+        std::task::ready!(sleep.as_mut().poll(cx));
         Poll::Ready(Ok(ApiError::request_timeout().into_response()))
     }
 }

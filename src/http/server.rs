@@ -149,7 +149,7 @@ struct ConnService<S> {
 impl<S: super::IngestService> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService<S> {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = Answered<Either<S::Future, Oneshot<S, axum::extract::Request>>>;
+    type Future = Answered<Either<S::Future, Pin<Box<Oneshot<S, axum::extract::Request>>>>>;
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         self.clock.request_started();
@@ -162,8 +162,9 @@ impl<S: super::IngestService> hyper::service::Service<hyper::Request<hyper::body
         let inner = match stack.poll_ready(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(())) => Either::Left(stack.call(req)),
             // No layer of the stack holds requests back in `poll_ready` (the limits refuse in `call`);
-            // should one ever do, its request waits on a copy of its own, as with `TowerToHyperService`.
-            _ => Either::Right(stack.clone().oneshot(req)),
+            // should one ever do, its request waits on a copy of its own, as with `TowerToHyperService`
+            // (boxed: in place, a copy of the stack would make every request's future that much larger).
+            _ => Either::Right(Box::pin(stack.clone().oneshot(req))),
         };
         Answered { inner, clock: self.clock.clone() }
     }
