@@ -183,7 +183,7 @@ pub fn parse_request(
 ) -> Result<Parsed, RequestError> {
     let framing = framing(meta)?;
     let decoded = decode(body, meta.content_encoding, limits.max_decoded_bytes)?;
-    let text = std::str::from_utf8(&decoded).map_err(|e| RequestError::InvalidUtf8 { at: e.valid_up_to() })?;
+    let text = utf8(&decoded)?;
     let within_depth = || {
         check_depth(text.as_bytes(), limits.max_depth).map_err(|_| RequestError::TooDeep { limit: limits.max_depth })
     };
@@ -241,6 +241,15 @@ pub fn parse_request(
         }
         Framing::Ndjson => ndjson(text, within_depth, now, limits),
     }
+}
+
+/// The body as text. simdutf8 checks it 32 or 64 bytes at a time where the CPU has the vector
+/// instructions (found at run time), several times faster than `std::str::from_utf8` on a body that
+/// is all ASCII; std words the error (the position of the first invalid byte).
+fn utf8(body: &[u8]) -> Result<&str, RequestError> {
+    simdutf8::basic::from_utf8(body)
+        .or_else(|_| std::str::from_utf8(body))
+        .map_err(|e| RequestError::InvalidUtf8 { at: e.valid_up_to() })
 }
 
 /// NDJSON: one event per line. The nesting limit holds as for any body (`check_depth` over the whole text,
