@@ -21,8 +21,8 @@ use super::access::{check_topic, Tenant};
 use super::error::ApiError;
 use super::AppState;
 use crate::config::AckMode;
-use crate::ingest::request::framing;
-use crate::ingest::{parse_request, BodyMeta, EventError, Item, Parsed, QueueError, RequestError};
+use crate::ingest::request::{framing, parse_framed, Framing};
+use crate::ingest::{BodyMeta, EventError, Item, Parsed, QueueError, RequestError};
 use crate::kafka::{AckBatch, DeliveryOutcome, OutboundRecord};
 use crate::telemetry::trace::TraceHeaders;
 use opentelemetry::trace::TraceContextExt;
@@ -228,7 +228,7 @@ async fn ingest(
     let meta = body_meta(&parts.headers);
     // Refuse an unsupported type or encoding, or a request a full queue cannot take, before reading
     // the body.
-    framing(&meta)?;
+    let framing = framing(&meta)?;
     if state.metrics.queue().depth() >= state.metrics.queue().capacity() {
         state.metrics.rejected("queue_full", 1);
         return Err(ApiError::unavailable(
@@ -238,7 +238,7 @@ async fn ingest(
         ));
     }
     let bytes = read_body_within(&state, body).await?;
-    let taken = accept(&state, &topic, &parts, &meta, &bytes, Received { at: received_at, now, mode })?;
+    let taken = accept(&state, &topic, &parts, framing, &meta, &bytes, Received { at: received_at, now, mode })?;
     match taken {
         Taken::Answered(response) => Ok(response),
         // Boxed: only `ack=kafka` requests carry this part of the handler.
@@ -301,6 +301,7 @@ fn accept(
     state: &AppState,
     topic: &Arc<str>,
     parts: &axum::http::request::Parts,
+    framing: Framing,
     meta: &BodyMeta<'_>,
     bytes: &[u8],
     received: Received,
@@ -309,7 +310,7 @@ fn accept(
     let tenant = parts.extensions.get::<Arc<Tenant>>();
     // Decoding a large or compressed body is CPU work: keep it off the other requests' way.
     let heavy = meta.content_encoding.is_some() || bytes.len() > 256 * 1024;
-    let parse = || parse_request(meta, bytes, received.now, &state.limits.request);
+    let parse = || parse_framed(framing, meta, bytes, received.now, &state.limits.request);
     let parsed = if heavy { tokio::task::block_in_place(parse) } else { parse() };
     let parsed = parsed.map_err(|e| {
         state.metrics.rejected(rejection_reason(&e), 1);

@@ -181,7 +181,18 @@ pub fn parse_request(
     now: OffsetDateTime,
     limits: &RequestLimits,
 ) -> Result<Parsed, RequestError> {
-    let framing = framing(meta)?;
+    parse_framed(framing(meta)?, meta, body, now, limits)
+}
+
+/// `parse_request` for a body whose `framing(meta)` is already known (the handler refuses an
+/// unsupported type before reading the body).
+pub fn parse_framed(
+    framing: Framing,
+    meta: &BodyMeta<'_>,
+    body: &[u8],
+    now: OffsetDateTime,
+    limits: &RequestLimits,
+) -> Result<Parsed, RequestError> {
     let decoded = decode(body, meta.content_encoding, limits.max_decoded_bytes)?;
     let text = utf8(&decoded)?;
     let within_depth = || {
