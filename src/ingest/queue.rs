@@ -15,11 +15,15 @@
 //! where it runs as soon as the handler's task is done with the thread. (It used to yield once first, but
 //! tokio holds a yielded task back until its thread has run out of other work, and then polls the I/O
 //! driver once more, an `epoll_wait`, only to wake it.)
+//!
+//! While every worker sleeps, an `ack=queued` job does not wake one on its own: such jobs gather, up to
+//! `GATHER_JOBS` or for `GATHER_FOR` (1 ms, against librdkafka's own `linger.ms` of 20), and one wake-up
+//! takes them all. A job whose client waits for the broker (`ack=kafka`) wakes a worker at once.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -61,6 +65,11 @@ pub enum QueueError {
 /// Jobs waiting per awake worker beyond which another worker is woken.
 const BACKLOG_PER_AWAKE_WORKER: usize = 32;
 
+/// Jobs without acknowledgements to wait for (`ack=queued`) that may gather while every worker sleeps
+/// before one is woken for them, and the longest any of them waits for that (`Jobs::sweep`).
+const GATHER_JOBS: usize = 32;
+const GATHER_FOR: Duration = Duration::from_millis(1);
+
 /// The jobs between the handlers and the workers, and how many workers are awake to take them.
 struct Jobs {
     queue: Mutex<VecDeque<Job>>,
@@ -70,6 +79,9 @@ struct Jobs {
     /// Set under the queue's lock: no job is added after it.
     closed: AtomicBool,
     wake: Notify,
+    /// Set while `sweep` is counting down for jobs queued without a wake-up.
+    sweep_armed: AtomicBool,
+    sweep: Notify,
 }
 
 impl Jobs {
@@ -81,6 +93,8 @@ impl Jobs {
             workers,
             closed: AtomicBool::new(false),
             wake: Notify::new(),
+            sweep_armed: AtomicBool::new(false),
+            sweep: Notify::new(),
         }
     }
 
@@ -91,6 +105,7 @@ impl Jobs {
 
     /// Adds a job, or gives it back once the queue is closed.
     fn push(&self, job: Job) -> Result<(), Job> {
+        let urgent = job.acks.is_some();
         let waiting = {
             let mut queue = self.lock();
             if self.closed.load(Ordering::SeqCst) {
@@ -102,11 +117,35 @@ impl Jobs {
         // An awake worker looks at the queue again before it sleeps (see `next`), so a job needs a wake-up
         // only when no worker is awake, or when the awake ones fall behind (held up by a full librdkafka
         // buffer: at thousands of requests a second the backlog passes the mark within milliseconds).
+        // With every worker asleep, a client waiting for the broker's acknowledgement wakes one at once;
+        // other jobs gather, up to `GATHER_JOBS` or for `GATHER_FOR`, so that one wake-up takes many.
         let awake = self.awake.load(Ordering::SeqCst);
-        if awake < self.workers && waiting > awake * BACKLOG_PER_AWAKE_WORKER {
+        if awake == 0 && !urgent && waiting < GATHER_JOBS {
+            if !self.sweep_armed.load(Ordering::SeqCst) && !self.sweep_armed.swap(true, Ordering::SeqCst) {
+                self.sweep.notify_one();
+            }
+        } else if awake < self.workers && waiting > awake * BACKLOG_PER_AWAKE_WORKER {
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Wakes a worker for jobs that were queued without one (see `push`) at most `GATHER_FOR` after the
+    /// first of them. One task for the whole pool; it only runs while such jobs are waiting.
+    async fn sweep(&self) {
+        loop {
+            self.sweep.notified().await;
+            if self.is_closed() {
+                return;
+            }
+            tokio::time::sleep(GATHER_FOR).await;
+            // Disarmed before the look: a job queued after the look arms the next round.
+            self.sweep_armed.store(false, Ordering::SeqCst);
+            let waiting = !self.lock().is_empty();
+            if waiting && self.awake.load(Ordering::SeqCst) == 0 {
+                self.wake.notify_one();
+            }
+        }
     }
 
     fn pop(&self) -> Option<Job> {
@@ -140,6 +179,7 @@ impl Jobs {
         let _queue = self.lock();
         self.closed.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
+        self.sweep.notify_one();
     }
 
     fn is_closed(&self) -> bool {
@@ -175,6 +215,8 @@ impl IngestQueue {
                 }
             });
         }
+        let sweeper = jobs.clone();
+        set.spawn(async move { sweeper.sweep().await });
         (IngestQueue { jobs, ledger, metrics, drain_rate }, set)
     }
 
@@ -281,6 +323,9 @@ mod tests {
         let busy_max = Arc::new(AtomicUsize::new(0));
         let busy = Arc::new(AtomicUsize::new(0));
         let mut set = JoinSet::new();
+        // The sweeper, as `IngestQueue::start` runs it; it stops when the queue is closed.
+        let sweeper = jobs.clone();
+        tokio::spawn(async move { sweeper.sweep().await });
         for _ in 0..n {
             let (jobs, busy, busy_max) = (jobs.clone(), busy.clone(), busy_max.clone());
             set.spawn(async move {
@@ -321,6 +366,32 @@ mod tests {
         assert!(jobs.push(job()).is_err(), "a closed queue takes no job");
         let taken = tokio::time::timeout(Duration::from_secs(10), total(set)).await.expect("workers stop");
         assert_eq!(taken, 2_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_job_is_taken_though_every_worker_sleeps_and_an_acknowledged_one_at_once() {
+        let jobs = Arc::new(Jobs::new(4));
+        let (set, _) = workers(&jobs, 4, Duration::ZERO);
+        let taken = |jobs: &Jobs| jobs.lock().is_empty();
+        for urgent in [false, true, false] {
+            // Every worker asleep on the empty queue.
+            while jobs.awake.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let mut job = job();
+            if urgent {
+                job.acks = Some(AckBatch::new(1));
+            }
+            assert!(jobs.push(job).is_ok());
+            let waited = Instant::now();
+            while !taken(&jobs) {
+                assert!(waited.elapsed() < Duration::from_secs(5), "a job (urgent: {urgent}) was left in the queue");
+                tokio::task::yield_now().await;
+            }
+        }
+        jobs.close();
+        let n = tokio::time::timeout(Duration::from_secs(10), total(set)).await.expect("workers stop");
+        assert_eq!(n, 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
