@@ -1,6 +1,7 @@
 //! The RFC 3339 text of an event's timestamp, in UTC, as every record carries it twice (in the value and
 //! the `ce_time` header): written by hand onto the stack, byte for byte what `time`'s `Rfc3339` writes.
 
+use std::cell::Cell;
 use std::fmt;
 use std::io::Write;
 use std::ops::Deref;
@@ -9,6 +10,13 @@ use time::{OffsetDateTime, UtcOffset};
 
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` is 30 bytes; the fallback (Unix seconds) at most 20.
 const CAPACITY: usize = 30;
+
+thread_local! {
+    /// The Unix second last written on this thread and its `YYYY-MM-DDTHH:MM:SS`: the events of one
+    /// request, and of every request in that second, share it (the calendar arithmetic was most of the
+    /// cost of writing a timestamp).
+    static LAST_SECOND: Cell<(i64, [u8; 19])> = const { Cell::new((i64::MIN, [0; 19])) };
+}
 
 /// RFC 3339 text of an instant in UTC.
 #[derive(Clone, Copy)]
@@ -21,25 +29,33 @@ impl Rfc3339Utc {
     /// `t` in UTC as `time`'s `Rfc3339` formats it: fractional seconds without trailing zeros, and none
     /// when they are zero. A year outside 0-9999 cannot be written in RFC 3339: then the Unix seconds.
     pub fn new(t: OffsetDateTime) -> Self {
-        let utc = t.to_offset(UtcOffset::UTC);
         let mut text = Self { bytes: [0; CAPACITY], len: 0 };
-        let year = utc.year();
-        if !(0..10_000).contains(&year) {
-            let mut rest = &mut text.bytes[..];
-            write!(rest, "{}", utc.unix_timestamp()).expect("an i64 fits in 30 bytes");
-            text.len = CAPACITY - rest.len();
-            return text;
-        }
-        let (_, month, day) = utc.to_calendar_date();
-        let (hour, minute, second, nanos) = utc.to_hms_nano();
+        let seconds = t.unix_timestamp();
         let b = &mut text.bytes;
-        b[..19].copy_from_slice(b"0000-00-00T00:00:00");
-        put_digits(&mut b[0..4], year as u32);
-        put_digits(&mut b[5..7], u8::from(month).into());
-        put_digits(&mut b[8..10], day.into());
-        put_digits(&mut b[11..13], hour.into());
-        put_digits(&mut b[14..16], minute.into());
-        put_digits(&mut b[17..19], second.into());
+        match LAST_SECOND.get() {
+            (last, date_time) if last == seconds => b[..19].copy_from_slice(&date_time),
+            _ => {
+                let utc = t.to_offset(UtcOffset::UTC);
+                let year = utc.year();
+                if !(0..10_000).contains(&year) {
+                    let mut rest = &mut b[..];
+                    write!(rest, "{seconds}").expect("an i64 fits in 30 bytes");
+                    text.len = CAPACITY - rest.len();
+                    return text;
+                }
+                let (_, month, day) = utc.to_calendar_date();
+                let (hour, minute, second) = utc.to_hms();
+                b[..19].copy_from_slice(b"0000-00-00T00:00:00");
+                put_digits(&mut b[0..4], year as u32);
+                put_digits(&mut b[5..7], u8::from(month).into());
+                put_digits(&mut b[8..10], day.into());
+                put_digits(&mut b[11..13], hour.into());
+                put_digits(&mut b[14..16], minute.into());
+                put_digits(&mut b[17..19], second.into());
+                LAST_SECOND.set((seconds, b[..19].try_into().expect("19 bytes")));
+            }
+        }
+        let nanos = t.nanosecond();
         let mut len = 19;
         if nanos != 0 {
             b[19] = b'.';
@@ -131,6 +147,9 @@ mod tests {
             let offset = UtcOffset::from_whole_seconds(offset_minutes * 60).unwrap();
             let t = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap().to_offset(offset);
             prop_assert_eq!(Rfc3339Utc::new(t).to_string(), reference(t));
+            // Another instant of the same second, written from what the first left on this thread.
+            let same_second = t.replace_nanosecond((t.nanosecond() + 1) % 1_000_000_000).unwrap();
+            prop_assert_eq!(Rfc3339Utc::new(same_second).to_string(), reference(same_second));
         }
     }
 }
