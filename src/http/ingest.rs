@@ -13,6 +13,7 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::BufMut;
 use serde::Serialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
@@ -21,6 +22,7 @@ use super::access::{check_topic, Tenant};
 use super::error::ApiError;
 use super::AppState;
 use crate::config::AckMode;
+use crate::ingest::envelope::write_json_str;
 use crate::ingest::request::{framing, parse_framed, Framing};
 use crate::ingest::{BodyMeta, EventError, Item, Parsed, QueueError, RequestError};
 use crate::kafka::{AckBatch, DeliveryOutcome, OutboundRecord};
@@ -381,11 +383,12 @@ fn accept(
 
 /// `202 {"status":"accepted","id":…}`: the most frequent answer, written without a serializer.
 fn accepted_answer(id: &str) -> Response {
-    // Exactly the answer's length unless the id needs escaping (see `json_answer`).
-    let mut body = Vec::with_capacity(29 + id.len());
-    body.extend_from_slice(br#"{"status":"accepted","id":"#);
-    crate::ingest::envelope::write_json_str(&mut body, id);
-    body.push(b'}');
+    // Exactly the answer's length unless the id needs escaping.
+    let body = super::arena::carve(29 + id.len(), |body| {
+        body.put_slice(br#"{"status":"accepted","id":"#);
+        write_json_str(body, id);
+        body.put_u8(b'}');
+    });
     json_answer(StatusCode::ACCEPTED, body)
 }
 
@@ -393,19 +396,19 @@ fn accepted_answer(id: &str) -> Response {
 /// order serde's map gave them).
 fn published_answer(id: &str, topic: &str, partition: i32, offset: i64) -> Response {
     use std::io::Write as _;
-    let mut body = Vec::with_capacity(96 + id.len() + topic.len());
-    body.extend_from_slice(br#"{"id":"#);
-    crate::ingest::envelope::write_json_str(&mut body, id);
-    let _ = write!(body, r#","offset":{offset},"partition":{partition},"status":"published","topic":"#);
-    crate::ingest::envelope::write_json_str(&mut body, topic);
-    body.push(b'}');
+    let body = super::arena::carve(96 + id.len() + topic.len(), |body| {
+        body.put_slice(br#"{"id":"#);
+        write_json_str(body, id);
+        let _ = write!(body.writer(), r#","offset":{offset},"partition":{partition},"status":"published","topic":"#);
+        write_json_str(body, topic);
+        body.put_u8(b'}');
+    });
     json_answer(StatusCode::OK, body)
 }
 
-/// A JSON answer, built directly: the body as a boxed slice (`Bytes` takes a `Vec` whose capacity is
-/// not its length only by allocating a shared header for it).
-fn json_answer(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut response = Response::new(Body::from(axum::body::Bytes::from(body.into_boxed_slice())));
+/// A JSON answer, built directly.
+fn json_answer(status: StatusCode, body: axum::body::Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response

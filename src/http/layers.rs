@@ -120,7 +120,9 @@ impl RequestIds {
         for i in 0..digits {
             buf[13 + i] = b"0123456789abcdef"[((n >> (4 * (digits - 1 - i))) & 0xf) as usize];
         }
-        HeaderValue::from_bytes(&buf[..13 + digits]).expect("hex digits and a dash are a valid header value")
+        let text = &buf[..13 + digits];
+        HeaderValue::from_maybe_shared(super::arena::carve(text.len(), |b| b.extend_from_slice(text)))
+            .expect("hex digits and a dash are a valid header value")
     }
 }
 
@@ -557,6 +559,16 @@ mod tests {
         assert_eq!(ids.next(), "0123456789ab-feed");
         ids.next.store(u64::MAX, Ordering::Relaxed);
         assert_eq!(ids.next(), "0123456789ab-ffffffffffffffff");
+    }
+
+    #[test]
+    fn request_ids_written_into_one_arena_after_another_each_keep_their_text() {
+        let ids = RequestIds { prefix: *b"0123456789ab", next: AtomicU64::new(0) };
+        // Ten arenas' worth, all held at once: the ids of a full arena are not overwritten by the next.
+        let held: Vec<HeaderValue> = (0..1_500).map(|_| ids.next()).collect();
+        for (n, id) in held.iter().enumerate() {
+            assert_eq!(id, format!("0123456789ab-{n:x}").as_str());
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod arena;
 pub mod error;
 pub mod ingest;
 pub mod layers;

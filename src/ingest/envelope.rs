@@ -418,13 +418,14 @@ impl Event {
 /// Writes `s` as a JSON string, exactly as serde_json does. Most strings need no escape: those are
 /// copied between quotes after a check eight bytes at a time, where serde_json looks each byte up in a
 /// table and branches on it.
-pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_json_str<B: bytes::BufMut>(out: &mut B, s: &str) {
     if scan::is_plain(s) {
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
+        out.put_u8(b'"');
+        out.put_slice(s.as_bytes());
+        out.put_u8(b'"');
     } else {
-        serde_json::to_writer(&mut *out, s).expect("writing a string into a Vec cannot fail");
+        serde_json::to_writer(<&mut B as bytes::BufMut>::writer(out), s)
+            .expect("writing a string into memory cannot fail");
     }
 }
 
