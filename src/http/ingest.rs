@@ -362,11 +362,11 @@ fn accept(
             }
             if received.mode == AckMode::Queued {
                 // The answer is written before the record goes to the queue: no copy of the id for it.
-                let answer = accepted_answer(&record.id);
+                let answer = accepted_answer(record.id());
                 enqueue(state, vec![record], received, span)?;
                 return Ok(Taken::Answered(answer));
             }
-            let id = record.id.clone();
+            let id = record.id().to_string();
             match enqueue(state, vec![record], received, span.clone())? {
                 None => Ok(Taken::Answered(accepted_answer(&id))),
                 Some(batch) => Ok(Taken::Publishing(Publishing {
@@ -535,7 +535,7 @@ fn accept_batch(
                 results.push(ItemResult {
                     index,
                     line,
-                    id: Some(record.id.clone()),
+                    id: Some(record.id().to_string()),
                     status: "accepted",
                     partition: None,
                     offset: None,

@@ -46,17 +46,18 @@ impl std::fmt::Display for EventError {
     }
 }
 
-/// A valid, normalized event.
+/// A valid, normalized event. Its id, type and payload borrow the request body's text where they can
+/// (an ordinary envelope's always can): copying them out took three allocations an event.
 #[derive(Debug, Clone)]
-pub struct Event {
-    pub id: String,
-    pub event_type: String,
+pub struct Event<'a> {
+    pub id: Cow<'a, str>,
+    pub event_type: Cow<'a, str>,
     /// CloudEvents `source`, when the event came as a CloudEvent.
     pub source: Option<String>,
     pub timestamp: OffsetDateTime,
     pub key: Option<String>,
     pub headers: EventHeaders,
-    pub payload: RawJson,
+    pub payload: RawJson<'a>,
 }
 
 /// The caller's headers: sorted by name, each name once (a repeated name keeps its last value), the order
@@ -105,26 +106,31 @@ impl FromIterator<(String, String)> for EventHeaders {
 /// having serde parse again a payload that `scan` has checked took longer than `scan` over the whole
 /// envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawJson(Box<str>);
+pub struct RawJson<'a>(Cow<'a, str>);
 
-impl RawJson {
+impl<'a> RawJson<'a> {
     /// `null`.
     pub fn null() -> Self {
         Self::from(RawValue::NULL)
     }
 
     /// `text`, which must be one JSON value as serde or `scan` accepted it.
-    fn accepted(text: &str) -> Self {
-        Self(text.into())
+    fn accepted(text: &'a str) -> Self {
+        Self(Cow::Borrowed(text))
     }
 
     pub fn get(&self) -> &str {
         &self.0
     }
+
+    /// The same JSON, owning its text.
+    pub fn into_owned(self) -> RawJson<'static> {
+        RawJson(Cow::Owned(self.0.into_owned()))
+    }
 }
 
-impl From<&RawValue> for RawJson {
-    fn from(raw: &RawValue) -> Self {
+impl<'a> From<&'a RawValue> for RawJson<'a> {
+    fn from(raw: &'a RawValue) -> Self {
         Self::accepted(raw.get())
     }
 }
@@ -200,7 +206,7 @@ impl Default for EventLimits {
 
 /// Parses and validates one event from its JSON text. `now` fills a missing timestamp so that every
 /// event of one request carries the same receive time.
-pub fn parse_event(json: &str, now: OffsetDateTime, limits: &EventLimits) -> Result<Event, EventError> {
+pub fn parse_event<'a>(json: &'a str, now: OffsetDateTime, limits: &EventLimits) -> Result<Event<'a>, EventError> {
     // The fast path reads an ordinary envelope in one pass; serde reads everything else, and words the
     // errors. Both fill the same members, validated in one place.
     match scan::envelope(json) {
@@ -211,35 +217,35 @@ pub fn parse_event(json: &str, now: OffsetDateTime, limits: &EventLimits) -> Res
 
 /// `parse_event` for a text the fast path turned down (`parse_ordinary_event` gave `None`): serde alone,
 /// without scanning the text a second time.
-pub(crate) fn parse_event_with_serde(
-    json: &str,
+pub(crate) fn parse_event_with_serde<'a>(
+    json: &'a str,
     now: OffsetDateTime,
     limits: &EventLimits,
-) -> Result<Event, EventError> {
+) -> Result<Event<'a>, EventError> {
     validate(serde_json::from_str::<Wire<'_>>(json).map_err(|e| classify_wire_error(&e, json))?.into(), now, limits)
 }
 
 /// `parse_event` for an ordinary envelope (see `scan::envelope`), with how deep it nests as `check_depth`
 /// counts it; `None` for any other text, which must then pass `check_depth` before `parse_event_with_serde`.
-pub(crate) fn parse_ordinary_event(
-    json: &str,
+pub(crate) fn parse_ordinary_event<'a>(
+    json: &'a str,
     now: OffsetDateTime,
     limits: &EventLimits,
-) -> Option<(Result<Event, EventError>, usize)> {
+) -> Option<(Result<Event<'a>, EventError>, usize)> {
     let (members, nesting) = scan::envelope(json)?;
     Some((validate(members, now, limits), nesting))
 }
 
-fn validate(members: Members<'_>, now: OffsetDateTime, limits: &EventLimits) -> Result<Event, EventError> {
+fn validate<'a>(members: Members<'a>, now: OffsetDateTime, limits: &EventLimits) -> Result<Event<'a>, EventError> {
     let event_type = match members.event_type {
         None => return Err(EventError::field("missing_field", "type", "`type` is required")),
         Some(value) => name_field(value, "type")?,
     };
     let id = match members.id {
-        None => new_id(),
+        None => Cow::Owned(new_id()),
         Some(value) => name_field(value, "id")?,
     };
-    let key = members.key.map(|value| name_field(value, "key")).transpose()?;
+    let key = members.key.map(|value| name_field(value, "key").map(Cow::into_owned)).transpose()?;
     let timestamp = match members.timestamp {
         None => now,
         Some(value) => {
@@ -301,7 +307,7 @@ pub(crate) fn json_str(raw: &RawValue) -> Option<Cow<'_, str>> {
     }
 }
 
-fn name_field(value: Option<Cow<'_, str>>, field: &'static str) -> Result<String, EventError> {
+fn name_field<'a>(value: Option<Cow<'a, str>>, field: &'static str) -> Result<Cow<'a, str>, EventError> {
     let value =
         value.ok_or_else(|| EventError::field("invalid_field", field, format!("`{field}` must be a string")))?;
     if value.is_empty() {
@@ -315,7 +321,7 @@ fn name_field(value: Option<Cow<'_, str>>, field: &'static str) -> Result<String
             format!("`{field}` is longer than {MAX_NAME_LEN} characters"),
         ));
     }
-    Ok(value.into_owned())
+    Ok(value)
 }
 
 /// Header names reserved for the record headers the gateway writes itself.
@@ -357,7 +363,20 @@ fn check_headers(headers: HeadersMember<'_>, limits: &EventLimits) -> Result<Eve
     Ok(headers)
 }
 
-impl Event {
+impl Event<'_> {
+    /// The same event, owning all of its text.
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            id: Cow::Owned(self.id.into_owned()),
+            event_type: Cow::Owned(self.event_type.into_owned()),
+            source: self.source,
+            timestamp: self.timestamp,
+            key: self.key,
+            headers: self.headers,
+            payload: self.payload.into_owned(),
+        }
+    }
+
     /// The timestamp as RFC 3339 in UTC, as written into the record and its `ce_time` header.
     pub fn timestamp_rfc3339(&self) -> Rfc3339Utc {
         Rfc3339Utc::new(self.timestamp)
@@ -374,7 +393,7 @@ impl Event {
     /// The normalized envelope as JSON: the Kafka record value. Members in this order, absent optional
     /// ones left out, no whitespace: `{"id","type","source"?,"timestamp","key"?,"headers"?,"payload"}`.
     pub fn to_json(&self, timestamp: &str) -> Vec<u8> {
-        let names = [Some(self.id.as_str()), Some(&self.event_type), self.source.as_deref(), self.key.as_deref()];
+        let names = [Some(&*self.id), Some(&*self.event_type), self.source.as_deref(), self.key.as_deref()];
         let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
         let strings: usize = names.iter().flatten().map(|s| s.len()).sum::<usize>() + timestamp.len() + headers;
         // Member names, quotes and punctuation take less than 80 bytes; only escapes can outgrow this.
@@ -437,7 +456,7 @@ mod tests {
         OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
     }
 
-    fn parse(json: &str) -> Result<Event, EventError> {
+    fn parse(json: &str) -> Result<Event<'_>, EventError> {
         parse_event(json, now(), &EventLimits::default())
     }
 
@@ -637,13 +656,13 @@ mod tests {
             payload in "null|\\[1, \"\\\\u00e9\"\\]|\\{ \"a\" : \\{\\} \\}",
         ) {
             let event = Event {
-                id,
-                event_type,
+                id: id.into(),
+                event_type: event_type.into(),
                 source,
                 timestamp: now(),
                 key,
                 headers: headers.clone().into_iter().collect(),
-                payload: RawJson::from(&*RawValue::from_string(payload).unwrap()),
+                payload: RawJson::from(&*RawValue::from_string(payload).unwrap()).into_owned(),
             };
             let time = event.timestamp_rfc3339();
             let reference = serde_json::to_vec(&Normalized {

@@ -286,7 +286,7 @@ async fn send_job(publisher: &Publisher, job: Job) {
     let Job { records, acks, received_at, span } = job;
     for (index, record) in records.into_iter().enumerate() {
         let ticket = Box::new(DeliveryTicket {
-            id: record.id.clone(),
+            id: record.id().to_string(),
             topic: record.topic.clone(),
             received_at,
             attempt: 1,

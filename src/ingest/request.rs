@@ -85,17 +85,32 @@ pub enum RequestError {
 
 /// One item of a request: its position, NDJSON line, and the event or why it was refused.
 #[derive(Debug)]
-pub struct Item {
+pub struct Item<'a> {
     pub index: usize,
     pub line: Option<usize>,
-    pub event: Result<Event, EventError>,
+    pub event: Result<Event<'a>, EventError>,
 }
 
 /// A parsed request: a single event (answered as one) or a batch (answered per item).
 #[derive(Debug)]
-pub enum Parsed {
-    Single(Event),
-    Batch(Vec<Item>),
+pub enum Parsed<'a> {
+    Single(Event<'a>),
+    Batch(Vec<Item<'a>>),
+}
+
+impl Parsed<'_> {
+    /// The same events, owning all of their text.
+    pub fn into_owned(self) -> Parsed<'static> {
+        match self {
+            Parsed::Single(event) => Parsed::Single(event.into_owned()),
+            Parsed::Batch(items) => Parsed::Batch(
+                items
+                    .into_iter()
+                    .map(|Item { index, line, event }| Item { index, line, event: event.map(Event::into_owned) })
+                    .collect(),
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,26 +190,39 @@ pub fn decode<'a>(body: &'a [u8], content_encoding: Option<&str>, limit: usize) 
 }
 
 /// Decodes and parses a whole request body into events.
-pub fn parse_request(
+pub fn parse_request<'a>(
     meta: &BodyMeta<'_>,
-    body: &[u8],
+    body: &'a [u8],
     now: OffsetDateTime,
     limits: &RequestLimits,
-) -> Result<Parsed, RequestError> {
+) -> Result<Parsed<'a>, RequestError> {
     parse_framed(framing(meta)?, meta, body, now, limits)
 }
 
 /// `parse_request` for a body whose `framing(meta)` is already known (the handler refuses an
 /// unsupported type before reading the body).
-pub fn parse_framed(
+pub fn parse_framed<'a>(
     framing: Framing,
     meta: &BodyMeta<'_>,
-    body: &[u8],
+    body: &'a [u8],
     now: OffsetDateTime,
     limits: &RequestLimits,
-) -> Result<Parsed, RequestError> {
-    let decoded = decode(body, meta.content_encoding, limits.max_decoded_bytes)?;
-    let text = utf8(&decoded)?;
+) -> Result<Parsed<'a>, RequestError> {
+    // The events borrow the body's text; a decoded body does not outlive this call, so theirs is copied.
+    match decode(body, meta.content_encoding, limits.max_decoded_bytes)? {
+        Cow::Borrowed(body) => parse_text(framing, meta, utf8(body)?, now, limits),
+        Cow::Owned(decoded) => parse_text(framing, meta, utf8(&decoded)?, now, limits).map(Parsed::into_owned),
+    }
+}
+
+/// `parse_framed` once the body is text.
+fn parse_text<'a>(
+    framing: Framing,
+    meta: &BodyMeta<'_>,
+    text: &'a str,
+    now: OffsetDateTime,
+    limits: &RequestLimits,
+) -> Result<Parsed<'a>, RequestError> {
     let within_depth = || {
         check_depth(text.as_bytes(), limits.max_depth).map_err(|_| RequestError::TooDeep { limit: limits.max_depth })
     };
@@ -267,12 +295,12 @@ fn utf8(body: &[u8]) -> Result<&str, RequestError> {
 /// before serde sees any of it), but an ordinary envelope's line is measured by the fast path that parses
 /// it, which never hands text to serde: a body of only such lines needs no separate pass over it (that
 /// pass was a tenth of the time of a batch).
-fn ndjson(
-    text: &str,
+fn ndjson<'a>(
+    text: &'a str,
     within_depth: impl Fn() -> Result<(), RequestError>,
     now: OffsetDateTime,
     limits: &RequestLimits,
-) -> Result<Parsed, RequestError> {
+) -> Result<Parsed<'a>, RequestError> {
     // Sized by the newlines, so that it is not grown through every power of two. memchr counts them in
     // vector registers: `filter().count()` did not vectorize and cost 80 ns an event.
     let mut lines = Vec::with_capacity(memchr::memchr_iter(b'\n', text.as_bytes()).count() + 1);
@@ -346,8 +374,12 @@ fn ce_time(text: &str) -> Result<OffsetDateTime, EventError> {
 }
 
 /// A structured-mode CloudEvent (JSON object) mapped onto the envelope.
-pub fn structured_cloud_event(json: &str, now: OffsetDateTime, limits: &EventLimits) -> Result<Event, EventError> {
-    let attrs: BTreeMap<String, &RawValue> = serde_json::from_str(json).map_err(|e| EventError::malformed(&e))?;
+pub fn structured_cloud_event<'a>(
+    json: &'a str,
+    now: OffsetDateTime,
+    limits: &EventLimits,
+) -> Result<Event<'a>, EventError> {
+    let attrs: BTreeMap<String, &'a RawValue> = serde_json::from_str(json).map_err(|e| EventError::malformed(&e))?;
     for name in CE_REQUIRED {
         if !attrs.contains_key(name) {
             return Err(EventError {
@@ -362,8 +394,8 @@ pub fn structured_cloud_event(json: &str, now: OffsetDateTime, limits: &EventLim
         return Err(ce_error("specversion", format!("specversion {specversion:?} is not supported; use 1.0")));
     }
     let mut event = Event {
-        id: ce_string(attrs["id"], "id")?,
-        event_type: ce_string(attrs["type"], "type")?,
+        id: ce_string(attrs["id"], "id")?.into(),
+        event_type: ce_string(attrs["type"], "type")?.into(),
         source: Some(ce_string(attrs["source"], "source")?),
         timestamp: now,
         key: None,
@@ -408,7 +440,7 @@ pub fn structured_cloud_event(json: &str, now: OffsetDateTime, limits: &EventLim
 }
 
 /// A binary-mode CloudEvent: attributes from `ce-*` headers, the body as data.
-fn binary_cloud_event(meta: &BodyMeta<'_>, body: &str, now: OffsetDateTime) -> Result<Event, EventError> {
+fn binary_cloud_event<'a>(meta: &BodyMeta<'_>, body: &'a str, now: OffsetDateTime) -> Result<Event<'a>, EventError> {
     let get = |name: &str| meta.ce_headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     let required = |name: &'static str| -> Result<String, EventError> {
         match get(name) {
@@ -435,7 +467,7 @@ fn binary_cloud_event(meta: &BodyMeta<'_>, body: &str, now: OffsetDateTime) -> R
         // Non-JSON data is carried as a JSON string; its type stays in `ce_datacontenttype`.
         let text =
             RawValue::from_string(serde_json::to_string(body).expect("strings serialize")).expect("a JSON string");
-        RawJson::from(&*text)
+        RawJson::from(&*text).into_owned()
     };
     let mut headers = Vec::new();
     for (name, value) in &meta.ce_headers {
@@ -447,8 +479,8 @@ fn binary_cloud_event(meta: &BodyMeta<'_>, body: &str, now: OffsetDateTime) -> R
         headers.push(("ce_datacontenttype".into(), m));
     }
     Ok(Event {
-        id: required("id")?,
-        event_type: required("type")?,
+        id: required("id")?.into(),
+        event_type: required("type")?.into(),
         source: Some(required("source")?),
         timestamp: match get("time") {
             Some(t) => ce_time(t)?,
@@ -539,7 +571,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((e.id.as_str(), e.event_type.as_str(), e.source.as_deref()), ("c1", "order", Some("/shop")));
+        assert_eq!((&*e.id, &*e.event_type, e.source.as_deref()), ("c1", "order", Some("/shop")));
         assert_eq!(e.key.as_deref(), Some("cust-1"));
         assert_eq!(e.headers.get("ce_subject"), Some("o-9"));
         assert_eq!(e.payload.get(), r#"{"total":3}"#);
@@ -755,7 +787,7 @@ mod properties {
             let limits = RequestLimits { max_depth, max_batch_events, ..limits() };
             let meta = BodyMeta { content_type: Some("application/x-ndjson"), ..Default::default() };
             let outcome = |event: &Result<Event, EventError>| match event {
-                Ok(e) => Ok((e.event_type.clone(), e.payload.get().to_string())),
+                Ok(e) => Ok((e.event_type.to_string(), e.payload.get().to_string())),
                 Err(e) => Err(e.clone()),
             };
             let expected = check_depth(body.as_bytes(), max_depth)

@@ -10,7 +10,6 @@ use crate::telemetry::trace::TraceHeaders;
 
 /// One record ready to hand to the producer.
 pub struct OutboundRecord {
-    pub id: String,
     pub topic: Arc<str>,
     /// The event's `key`; `None` when it had none and the id is the key (not copied).
     key: Option<Vec<u8>>,
@@ -20,9 +19,15 @@ pub struct OutboundRecord {
 }
 
 impl OutboundRecord {
+    /// The event's id: the value of the `ce_id` header, which every record has first (the id is not
+    /// kept twice).
+    pub fn id(&self) -> &str {
+        std::str::from_utf8(self.headers.first_value()).expect("ce_id is pushed as str")
+    }
+
     /// The Kafka record key: the event's `key`, else its id.
     pub fn key(&self) -> &[u8] {
-        self.key.as_deref().unwrap_or(self.id.as_bytes())
+        self.key.as_deref().unwrap_or(self.headers.first_value())
     }
 
     /// What the record counts against `QUEUE_MAX_BYTES`.
@@ -68,6 +73,16 @@ impl RecordHeaders {
         self.count == 0
     }
 
+    /// The first header's value (empty when there is none).
+    fn first_value(&self) -> &[u8] {
+        if self.count == 0 {
+            return &[];
+        }
+        let len = |at: usize| u32::from_le_bytes(self.buf[at..at + 4].try_into().expect("four bytes")) as usize;
+        let value_at = 4 + len(0) + 4;
+        &self.buf[value_at..value_at + len(value_at - 4)]
+    }
+
     /// The headers in the order they were pushed.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
         let mut rest = &self.buf[..];
@@ -109,8 +124,8 @@ impl OutboundRecord {
     /// Encodes `event` for `topic`: key = `key` or id; value = the normalized envelope as JSON; headers
     /// `traceparent`/`tracestate` (the producer span, or the caller's context when tracing is off),
     /// `ce_id`, `ce_type`, `ce_time`, `ce_specversion`, `content-type` and the caller's own. The event is
-    /// consumed: its id and key move into the record rather than being copied.
-    pub fn from_event(event: Event, topic: &Arc<str>, trace: &TraceHeaders) -> Self {
+    /// consumed: its key moves into the record rather than being copied.
+    pub fn from_event(event: Event<'_>, topic: &Arc<str>, trace: &TraceHeaders) -> Self {
         let time = event.timestamp_rfc3339();
         let time = time.as_str();
         let value = event.to_json(time);
@@ -126,6 +141,7 @@ impl OutboundRecord {
             + optional.iter().flatten().sum::<usize>()
             + event.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         let mut headers = RecordHeaders::with_capacity(count, bytes);
+        // First: `id()` reads it from there.
         headers.push("ce_id", id);
         headers.push("ce_type", ty);
         headers.push("ce_time", time.as_bytes());
@@ -146,7 +162,7 @@ impl OutboundRecord {
         // `Event::partition_key`, taken by value: an event without a key keeps `None` and the id serves
         // as the key (see `key()`), not a copy of it.
         let key = event.key.map(String::into_bytes);
-        OutboundRecord { id: event.id, topic: topic.clone(), key, value, headers, timestamp_ms }
+        OutboundRecord { topic: topic.clone(), key, value, headers, timestamp_ms }
     }
 }
 
@@ -154,9 +170,10 @@ impl OutboundRecord {
     /// The spool form of a record that never reached librdkafka.
     pub fn into_spool_record(self) -> super::SpoolRecord {
         let headers = self.headers.iter().map(|(key, value)| (key.to_string(), Some(value.to_vec()))).collect();
+        let id = self.id().to_string();
         super::SpoolRecord {
-            key: Some(self.key.unwrap_or_else(|| self.id.clone().into_bytes())),
-            id: self.id,
+            key: Some(self.key.unwrap_or_else(|| id.clone().into_bytes())),
+            id,
             topic: self.topic.to_string(),
             value: self.value,
             headers,
