@@ -17,8 +17,9 @@
 //! driver once more, an `epoll_wait`, only to wake it.)
 //!
 //! While every worker sleeps, an `ack=queued` job does not wake one on its own: such jobs gather, up to
-//! `GATHER_JOBS` or for `GATHER_FOR` (1 ms, against librdkafka's own `linger.ms` of 20), and one wake-up
-//! takes them all. A job whose client waits for the broker (`ack=kafka`) wakes a worker at once.
+//! `GATHER_JOBS` or for `GATHER_FOR` (1 ms; the producer then batches for `KAFKA_LINGER`, 5 ms by
+//! default), and one wake-up takes them all. A job whose client waits for the broker (`ack=kafka`) wakes a
+//! worker at once.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
