@@ -3,7 +3,8 @@
 //! `{"id"?: string, "type": string, "timestamp"?: RFC 3339, "key"?: string,
 //!   "headers"?: {string: string}, "payload": any JSON}`
 //!
-//! The payload is kept as raw JSON text: it is validated once by the parser and copied, never rebuilt.
+//! The payload is kept as raw JSON text, borrowed from the body: validated once by the parser and copied
+//! only into the record, never rebuilt.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

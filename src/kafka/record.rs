@@ -78,18 +78,15 @@ impl RecordHeaders {
         if self.count == 0 {
             return &[];
         }
-        let len = |at: usize| u32::from_le_bytes(self.buf[at..at + 4].try_into().expect("four bytes")) as usize;
-        let value_at = 4 + len(0) + 4;
-        &self.buf[value_at..value_at + len(value_at - 4)]
+        let (_name, rest) = split_part(&self.buf);
+        split_part(rest).0
     }
 
     /// The headers in the order they were pushed.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
         let mut rest = &self.buf[..];
         let mut take = move || {
-            let (len, tail) = rest.split_at(4);
-            let len = u32::from_le_bytes(len.try_into().expect("four bytes")) as usize;
-            let (part, tail) = tail.split_at(len);
+            let (part, tail) = split_part(rest);
             rest = tail;
             part
         };
@@ -105,6 +102,13 @@ impl RecordHeaders {
             h.insert(Header { key, value: Some(value) })
         })
     }
+}
+
+/// The first name or value of `buf` (as `RecordHeaders::push` writes it: its length, then its bytes) and
+/// what follows it.
+fn split_part(buf: &[u8]) -> (&[u8], &[u8]) {
+    let (len, tail) = buf.split_at(4);
+    tail.split_at(u32::from_le_bytes(len.try_into().expect("four bytes")) as usize)
 }
 
 /// Constant headers, encoded once: each name and value after its length, as `RecordHeaders::push` writes
